@@ -1,0 +1,463 @@
+"""Run configuration: a dataclass schema filled from layered YAML presets.
+
+A preset is a YAML file in ``configs/`` (or any path). It may name a ``base:``
+file (relative to itself) whose values it overrides; several presets can be
+stacked with ``+`` (``latent_mim+tiny``), later ones winning. Dotted overrides
+(``masking.ratio=0.75``) come last. Every key is checked against the schema: an
+unknown key names its dotted path and the closest valid key, a wrong type or
+value names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be run; the message names the offending key."""
+
+
+# --------------------------------------------------------------------------- schema
+
+
+@dataclass
+class ModelConfig:
+    """The context encoder: any timm Vision Transformer by name."""
+
+    name: str = "vit_base_patch16_224"
+    # timm constructor overrides; None keeps the named model's own value.
+    img_size: int | None = None  # side of the encoder's native grid in pixels (grid * patch)
+    patch_size: int | None = None
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    drop_path_rate: float = 0.0
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class InitConfig:
+    """Where the weights start from (None: random init)."""
+
+    encoder: str | None = None  # timm Hub id, file, exported mimkit dir, or reference checkpoint
+    target: str | None = None  # a source like `encoder`, or "same" to copy the context encoder
+
+
+@dataclass
+class DataConfig:
+    source: str = "embedded"  # "embedded", a local dir (parquet or image folder) or a Hub id
+    image_size: int | None = None  # training crop side = grid * (patch + gap); None derives it
+    train_split: str = "train"
+    eval_split: str | None = None  # None: "test" or "validation" when present
+    image_column: str | None = None  # None: detected
+    label_column: str | None = None  # None: detected
+    crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])
+    hflip: bool = True
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    num_workers: int = 4
+
+
+@dataclass
+class MaskingConfig:
+    ratio: float = 0.75  # fraction of grid cells that become targets
+    gap: int = 0  # pixels of random jitter room around each patch (0: ordinary grid)
+
+
+@dataclass
+class TargetConfig:
+    mode: Literal["ema", "stopgrad", "standalone", "joint", "none"] = "ema"
+    momentum: list[float] = field(default_factory=lambda: [0.99, 1.0])  # [start, end]
+    momentum_schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    depth: int | None = None  # use the first k blocks; None: all
+    sees: Literal["targets", "full"] = "targets"
+
+
+@dataclass
+class DecoderConfig:
+    kind: Literal["cross_attn", "self_attn"] = "self_attn"
+    dim: int = 512
+    depth: int = 3
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    visual_cues: bool = False  # cross_attn only: seed queries with a position-weighted blend of Z_V
+
+
+@dataclass
+class ProjectorConfig:
+    kind: Literal["none", "mlp"] = "none"
+    layers: int = 3
+    hidden_dim: int = 4096
+    out_dim: int | None = None  # None: the encoder width
+    norm: bool = True  # LayerNorm after each hidden linear
+    out_norm: bool = True  # LayerNorm on the output
+
+
+@dataclass
+class SimilarityConfig:
+    coef: float = 0.0  # 0 disables the regulariser
+    gamma: list[float] = field(default_factory=lambda: [0.75, 0.25])  # [start, end], cosine
+
+
+@dataclass
+class LatentConfig:
+    weight: float = 0.0
+    loss: Literal["patch_disc", "mse", "l1", "huber", "norm_mse"] = "patch_disc"
+    tau: float = 0.2
+    huber_delta: float = 1.0
+    decoder: DecoderConfig = field(default_factory=lambda: DecoderConfig(kind="cross_attn", visual_cues=True))
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    similarity: SimilarityConfig = field(default_factory=SimilarityConfig)
+
+
+@dataclass
+class PixelConfig:
+    weight: float = 0.0
+    norm_pix: bool = True
+    decoder: DecoderConfig = field(default_factory=lambda: DecoderConfig(kind="self_attn", depth=8))
+
+
+@dataclass
+class ClsConfig:
+    weight: float = 0.0
+    source: Literal["latent.cls", "context.cls"] = "latent.cls"
+    hidden_dim: int = 2048  # context.cls only: width of the predictor MLP
+
+
+@dataclass
+class ObjectivesConfig:
+    latent: LatentConfig = field(default_factory=LatentConfig)
+    pixel: PixelConfig = field(default_factory=PixelConfig)
+    cls: ClsConfig = field(default_factory=ClsConfig)
+
+    def active(self) -> list[str]:
+        """Names of the heads that are built: those with a non-zero weight."""
+        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name).weight != 0]
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 256  # global batch per optimizer step (all processes, all accumulation steps)
+    grad_accum: int = 1
+    epochs: int = 100
+    max_steps: int | None = None  # stop after this many optimizer steps
+    seed: int = 0
+    base_lr: float = 1.5e-4  # lr = base_lr * batch_size / 256
+    min_lr: float = 0.0
+    warmup_epochs: float = 10.0
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    clip_grad: float | None = None
+    mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
+    compile: bool = False
+    log_every: int = 20
+    save_every: int = 1000
+    keep_last: int = 3
+    eval_every_epochs: int | None = None  # NN evaluation during training; None: only at the end
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    output_dir: str = "outputs/run"
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    target: TargetConfig = field(default_factory=TargetConfig)
+    objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preset: str = ""  # the preset expression this config was loaded from (informational)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def preset_dir() -> Path:
+    """The folder holding the shipped presets (``configs/`` of the repository)."""
+    return Path(str(resources.files("mimkit.configs")))
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in preset_dir().glob("*.yaml"))
+
+
+def _resolve_preset(name: str, relative_to: Path | None = None) -> Path:
+    candidates = []
+    path = Path(name)
+    if relative_to is not None:
+        candidates.append(relative_to / path)
+    candidates += [path, preset_dir() / path, preset_dir() / f"{name}.yaml"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    hint = difflib.get_close_matches(name, available_presets(), n=1)
+    raise ConfigError(
+        f"preset or config file {name!r} not found"
+        + (f" (did you mean {hint[0]!r}?)" if hint else "")
+        + f"; shipped presets: {', '.join(available_presets())}"
+    )
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _load_layer(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: circular `base:` chain {' -> '.join(map(str, seen + (path,)))}")
+    data = _read_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    bases = base if isinstance(base, list) else [base]
+    merged: dict[str, Any] = {}
+    for b in bases:
+        merged = deep_merge(merged, _load_layer(_resolve_preset(str(b), path.parent), seen + (path,)))
+    return deep_merge(merged, data)
+
+
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """A new dict: ``top`` over ``base``, merging nested mappings key by key."""
+    out = dict(base)
+    for k, v in top.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_override(item: str) -> dict[str, Any]:
+    """``"a.b.c=value"`` -> ``{"a": {"b": {"c": value}}}``, the value parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key.path=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {key}: value {raw!r} is not valid YAML: {e}") from e
+    out: dict[str, Any] = {}
+    cur = out
+    parts = key.split(".")
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+    cur[parts[-1]] = value
+    return out
+
+
+def load_config(preset_or_path: str = "latent_mim", overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Load a preset (name, path, or ``a+b`` stack), apply dotted overrides, validate.
+
+    >>> cfg = load_config("latent_mim+tiny", ["masking.ratio=0.75"])
+    """
+    raw: dict[str, Any] = {}
+    for part in preset_or_path.split("+"):
+        raw = deep_merge(raw, _load_layer(_resolve_preset(part.strip())))
+    for item in overrides:
+        raw = deep_merge(raw, parse_override(item))
+    raw.pop("preset", None)
+    cfg = from_dict(RunConfig, raw)
+    cfg.preset = preset_or_path
+    validate(cfg)
+    return cfg
+
+
+def config_from_yaml(text_or_path: str | Path) -> RunConfig:
+    """Load a dumped (resolved) config back, e.g. ``OUTPUT/config.yaml``."""
+    path = Path(text_or_path)
+    data = _read_yaml(path) if path.suffix in (".yaml", ".yml") and path.is_file() else yaml.safe_load(str(text_or_path))
+    cfg = from_dict(RunConfig, data or {})
+    validate(cfg)
+    return cfg
+
+
+# --------------------------------------------------------------------------- typed construction
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(a, value, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {_type_name(tp)}")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            hint = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+            raise ConfigError(
+                f"{key}: {value!r} is not one of {list(allowed)}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            )
+        return value
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return from_dict(tp, value, prefix=f"{key}.")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp!r} at {key}")  # a schema bug, not user input
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "", base: Any = None) -> Any:
+    """Build dataclass ``cls`` from a nested dict over its defaults (or over ``base``),
+    rejecting unknown keys and wrong types. Nested mappings merge field by field."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    obj = base if base is not None else cls()
+    for key, value in data.items():
+        if key not in names:
+            valid = [f"{prefix}{n}" for n in names]
+            hint = difflib.get_close_matches(f"{prefix}{key}", valid, n=1, cutoff=0.5)
+            raise ConfigError(
+                f"unknown config key {prefix}{key!s}"
+                + (f"; did you mean {hint[0]}?" if hint else f"; valid keys here: {', '.join(valid)}")
+            )
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            setattr(obj, key, from_dict(type(current), value, prefix=f"{prefix}{key}.", base=current))
+        else:
+            setattr(obj, key, _coerce(hints[key], value, f"{prefix}{key}"))
+    return obj
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _require(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+def _check_pair(values: list[float], key: str, lo: float, hi: float) -> None:
+    _require(len(values) == 2, f"{key}: expected [start, end], got {values}")
+    for v in values:
+        _require(lo <= v <= hi, f"{key}: {v} is outside [{lo}, {hi}]")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Reject combinations that cannot run, naming the keys involved. Geometry that
+    needs the timm model (patch size, grid) is checked when the model is built."""
+    m, t, o, tr, d = cfg.masking, cfg.target, cfg.objectives, cfg.train, cfg.data
+    _require(0.0 < m.ratio < 1.0, f"masking.ratio: {m.ratio} must be strictly between 0 and 1")
+    _require(m.gap >= 0, f"masking.gap: {m.gap} must be >= 0")
+    _check_pair(t.momentum, "target.momentum", 0.0, 1.0)
+    _require(t.depth is None or t.depth >= 1, f"target.depth: {t.depth} must be >= 1 (or null for all blocks)")
+    _check_pair(d.crop_scale, "data.crop_scale", 0.0, 1.0)
+    _require(d.crop_scale[0] <= d.crop_scale[1], f"data.crop_scale: {d.crop_scale} must be [min, max]")
+    _require(len(d.mean) == 3 and len(d.std) == 3, "data.mean / data.std: expected three values (RGB)")
+    _require(all(s > 0 for s in d.std), f"data.std: {d.std} must be positive")
+    _require(d.image_size is None or d.image_size > 0, f"data.image_size: {d.image_size} must be positive")
+
+    active = o.active()
+    _require(bool(active), "objectives: every head has weight 0; set objectives.<latent|pixel|cls>.weight")
+    for name in active:
+        head = getattr(o, name)
+        _require(head.weight > 0, f"objectives.{name}.weight: {head.weight} must be >= 0")
+    needs_target = [h for h in active if h in ("latent", "cls")]
+    if needs_target and t.mode == "none":
+        raise ConfigError(
+            f"target.mode: 'none' but objectives.{needs_target[0]} needs a target encoder; "
+            "set target.mode to ema, stopgrad, standalone or joint"
+        )
+    for name in ("latent", "pixel"):
+        if name in active:
+            dec = getattr(o, name).decoder
+            key = f"objectives.{name}.decoder"
+            _require(dec.dim > 0 and dec.depth >= 1 and dec.num_heads >= 1, f"{key}: dim, depth and num_heads must be positive")
+            _require(dec.dim % dec.num_heads == 0, f"{key}.dim: {dec.dim} is not divisible by {key}.num_heads={dec.num_heads}")
+            _require(dec.dim % 4 == 0, f"{key}.dim: {dec.dim} must be a multiple of 4 (2-D sin-cos positions)")
+            _require(
+                not dec.visual_cues or dec.kind == "cross_attn",
+                f"{key}.visual_cues: only the cross_attn decoder takes visual cues (kind is {dec.kind!r})",
+            )
+    if "latent" in active:
+        lat = o.latent
+        _require(lat.tau > 0, f"objectives.latent.tau: {lat.tau} must be positive")
+        _require(lat.huber_delta > 0, f"objectives.latent.huber_delta: {lat.huber_delta} must be positive")
+        _require(lat.similarity.coef >= 0, f"objectives.latent.similarity.coef: {lat.similarity.coef} must be >= 0")
+        _check_pair(lat.similarity.gamma, "objectives.latent.similarity.gamma", -1.0, 1.0)
+        _require(lat.projector.layers >= 1, f"objectives.latent.projector.layers: {lat.projector.layers} must be >= 1")
+    if "cls" in active and o.cls.source == "latent.cls":
+        _require(
+            "latent" in active,
+            "objectives.cls.source: 'latent.cls' reads the latent decoder's CLS output, but objectives.latent.weight "
+            "is 0 so no latent head provides it; enable the latent head or use source: context.cls",
+        )
+
+    _require(tr.batch_size >= 1, f"train.batch_size: {tr.batch_size} must be >= 1")
+    _require(tr.grad_accum >= 1, f"train.grad_accum: {tr.grad_accum} must be >= 1")
+    _require(
+        tr.batch_size % tr.grad_accum == 0,
+        f"train.batch_size: {tr.batch_size} is not divisible by train.grad_accum={tr.grad_accum}",
+    )
+    _require(tr.epochs >= 1, f"train.epochs: {tr.epochs} must be >= 1")
+    _require(tr.max_steps is None or tr.max_steps >= 1, f"train.max_steps: {tr.max_steps} must be >= 1")
+    _require(tr.base_lr > 0, f"train.base_lr: {tr.base_lr} must be positive")
+    _require(tr.warmup_epochs >= 0, f"train.warmup_epochs: {tr.warmup_epochs} must be >= 0")
+    _require(len(tr.betas) == 2 and all(0 <= b < 1 for b in tr.betas), f"train.betas: {tr.betas} must be two values in [0, 1)")
+    _require(tr.clip_grad is None or tr.clip_grad > 0, f"train.clip_grad: {tr.clip_grad} must be positive or null")
+    for key in ("log_every", "save_every", "keep_last"):
+        _require(getattr(tr, key) >= 1, f"train.{key}: {getattr(tr, key)} must be >= 1")
+    _require(
+        tr.eval_every_epochs is None or tr.eval_every_epochs >= 1,
+        f"train.eval_every_epochs: {tr.eval_every_epochs} must be >= 1 or null",
+    )
+    unknown = [x for x in tr.trackers if x not in ("tensorboard", "wandb", "none")]
+    _require(not unknown, f"train.trackers: {unknown} not supported; use tensorboard, wandb or none")

@@ -1,0 +1,90 @@
+"""Pure functions that cut images into patches and split them into visible and target sets.
+
+Patch vectors are flattened in (channel, row, column) order, the order in which a
+timm ``PatchEmbed`` convolution's weight flattens, so ``patch @ W.view(D, -1).T``
+equals the convolution on that patch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def num_visible(num_cells: int, ratio: float) -> int:
+    """Cells left visible when a ``ratio`` fraction becomes targets (rounded; 196 at 0.9 -> 20)."""
+    n = int(round(num_cells * (1.0 - ratio)))
+    if not 1 <= n <= num_cells - 1:
+        raise ValueError(
+            f"masking.ratio={ratio} on {num_cells} cells leaves {n} visible and {num_cells - n} target "
+            "cells; both sets need at least one"
+        )
+    return n
+
+
+def grid_offsets(
+    batch: int, num_cells: int, gap: int, device: torch.device, generator: torch.Generator | None = None
+) -> Tensor:
+    """Random (row, col) offsets in [0, gap] of each patch inside its cell: (B, L, 2) int64."""
+    return torch.randint(0, gap + 1, (batch, num_cells, 2), device=device, generator=generator)
+
+
+def patchify(images: Tensor, patch: int, gap: int = 0, offsets: Tensor | None = None) -> Tensor:
+    """Cut images into one P x P patch per (P + G)-sized grid cell.
+
+    images: (B, C, H, W) with H = gh * (P + G), W = gw * (P + G)
+    offsets: (B, L, 2) position of each patch inside its cell (required when gap > 0)
+    returns: (B, L, C * P * P), cells in row-major grid order
+    """
+    B, C, H, W = images.shape
+    cell = patch + gap
+    if H % cell or W % cell:
+        raise ValueError(f"image size {H}x{W} is not a multiple of patch + gap = {patch} + {gap}")
+    gh, gw = H // cell, W // cell
+    if gap == 0:
+        x = images.reshape(B, C, gh, patch, gw, patch)  # (B, C, gh, P, gw, P)
+        return x.permute(0, 2, 4, 1, 3, 5).reshape(B, gh * gw, C * patch * patch)
+    if offsets is None:
+        raise ValueError("patchify with gap > 0 needs the per-cell offsets (see grid_offsets)")
+    L = gh * gw
+    dev = images.device
+    cells = torch.arange(L, device=dev)
+    top = (cells // gw) * cell  # (L,) first pixel row of each cell
+    left = (cells % gw) * cell
+    ar = torch.arange(patch, device=dev)
+    rows = top[None, :, None] + offsets[..., 0:1] + ar  # (B, L, P)
+    cols = left[None, :, None] + offsets[..., 1:2] + ar  # (B, L, P)
+    flat = rows[..., :, None] * W + cols[..., None, :]  # (B, L, P, P) pixel index in H*W
+    flat = flat.reshape(B, 1, L * patch * patch).expand(B, C, -1)
+    x = images.reshape(B, C, H * W).gather(2, flat)  # (B, C, L*P*P)
+    return x.reshape(B, C, L, patch * patch).permute(0, 2, 1, 3).reshape(B, L, C * patch * patch)
+
+
+def unpatchify(patches: Tensor, patch: int, grid: tuple[int, int], channels: int = 3) -> Tensor:
+    """Inverse of ``patchify`` with gap 0: (B, L, C*P*P) -> (B, C, gh*P, gw*P)."""
+    B = patches.shape[0]
+    gh, gw = grid
+    x = patches.reshape(B, gh, gw, channels, patch, patch)
+    return x.permute(0, 3, 1, 4, 2, 5).reshape(B, channels, gh * patch, gw * patch)
+
+
+def random_split(
+    batch: int,
+    num_cells: int,
+    ratio: float,
+    device: torch.device,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Split each image's cells into disjoint visible and target index sets covering all cells.
+
+    returns: visible (B, Nv), target (B, L - Nv), int64 grid indices; Nv = round(L * (1 - ratio))
+    """
+    nv = num_visible(num_cells, ratio)
+    noise = torch.rand(batch, num_cells, device=device, generator=generator)
+    order = noise.argsort(dim=1)  # a uniformly random permutation per image
+    return order[:, :nv], order[:, nv:]
+
+
+def gather_tokens(x: Tensor, idx: Tensor) -> Tensor:
+    """x: (B, L, D), idx: (B, N) -> (B, N, D)."""
+    return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))

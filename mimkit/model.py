@@ -1,0 +1,113 @@
+"""MIMModel: images -> patches -> visible/target split -> context encoder (once) -> heads -> losses."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from objectives import OBJECTIVES, Context
+
+from .config import ConfigError, RunConfig
+from .encoder import ContextEncoder, Geometry, build_vit, resolve_geometry
+from .masking import gather_tokens, grid_offsets, num_visible, patchify, random_split
+from .schedules import interp
+from .target import TargetEncoder, ema_
+
+
+class MIMModel(nn.Module):
+    """One shared context encoder, an optional target encoder, and the weighted heads.
+
+    ``model(images, progress)`` returns a dict with ``"loss"`` (sum of weight * head loss),
+    each ``"<head>/loss"`` (unweighted) and the heads' detached statistics.
+    """
+
+    def __init__(self, cfg: RunConfig) -> None:
+        super().__init__()
+        geometry, kw = resolve_geometry(cfg)
+        self.cfg = cfg
+        self.geometry: Geometry = geometry
+        self.ratio = cfg.masking.ratio
+        try:
+            self.num_visible = num_visible(geometry.num_cells, cfg.masking.ratio)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+        active = cfg.objectives.active()
+        if "latent" in active and cfg.objectives.latent.similarity.coef > 0 and self.num_visible < 2:
+            raise ConfigError(
+                f"objectives.latent.similarity.coef: the regulariser needs >= 2 visible cells, masking.ratio="
+                f"{cfg.masking.ratio} leaves {self.num_visible} of {geometry.num_cells}"
+            )
+        self.encoder = ContextEncoder(build_vit(cfg, kw), grad_checkpointing=cfg.model.grad_checkpointing)
+        D = self.encoder.dim
+
+        self.heads = nn.ModuleDict({name: OBJECTIVES[name](cfg, D, geometry) for name in OBJECTIVES if name in active})
+        self.weights = {name: getattr(cfg.objectives, name).weight for name in self.heads}
+        needs_target = any(h.needs_target for h in self.heads.values())
+        self.target: TargetEncoder | None = None
+        if needs_target:
+            try:
+                self.target = TargetEncoder(cfg.target, self.encoder)
+            except ValueError as e:
+                raise ConfigError(str(e)) from e
+
+    @property
+    def input_size(self) -> int:
+        """Side in pixels of the training images the model takes: grid * (P + G)."""
+        return self.geometry.input_size
+
+    def momentum(self, progress: float) -> float:
+        """Target-encoder EMA momentum at this point of training."""
+        t = self.cfg.target
+        return interp(t.momentum_schedule, t.momentum[0], t.momentum[1], progress)
+
+    def forward(self, images: Tensor, progress: float = 0.0) -> dict[str, Tensor]:
+        """images: (B, C, S, S) with S = input_size, normalised. Masks are drawn from torch's
+        global RNG on the images' device (captured by accelerate's checkpoints)."""
+        g = self.geometry
+        B, _, H, W = images.shape
+        if H != g.input_size or W != g.input_size:
+            raise ValueError(f"MIMModel expects {g.input_size}x{g.input_size} images (grid {g.grid} x (patch {g.patch} + gap {g.gap})), got {H}x{W}")
+        offsets = grid_offsets(B, g.num_cells, g.gap, images.device) if g.gap else None
+        patches = patchify(images, g.patch, g.gap, offsets)  # (B, L, C*P*P)
+        visible_idx, target_idx = random_split(B, g.num_cells, self.ratio, images.device)  # (B, Nv), (B, Nt)
+        return self.forward_split(patches, visible_idx, target_idx, progress)
+
+    def forward_split(self, patches: Tensor, visible_idx: Tensor, target_idx: Tensor, progress: float = 0.0) -> dict[str, Tensor]:
+        """The step after masking, for callers that choose the split themselves (tests, tools)."""
+        tokens = self.encoder.encode(gather_tokens(patches, visible_idx), visible_idx)  # (B, p+Nv, D)
+        ctx = Context(
+            tokens=tokens,
+            num_prefix=self.encoder.num_prefix,
+            visible_idx=visible_idx,
+            target_idx=target_idx,
+            patches=patches,
+            geometry=self.geometry,
+            progress=progress,
+            targets=self.target(self.encoder, patches, target_idx) if self.target is not None else None,
+        )
+        out: dict[str, Tensor] = {}
+        total = tokens.new_zeros((), dtype=torch.float32)
+        for name, head in self.heads.items():
+            res = head(ctx)
+            total = total + self.weights[name] * res[f"{name}/loss"]
+            out.update({k: v if k.endswith("/loss") else v.detach() for k, v in res.items()})
+        out["loss"] = total
+        return out
+
+    @torch.no_grad()
+    def update_target(self, momentum: float) -> None:
+        """EMA step of the target encoder and of every head's target-side modules (ema mode)."""
+        if self.target is None or self.target.mode != "ema":
+            return
+        self.target.ema_update(self.encoder, momentum)
+        for head in self.heads.values():
+            for target, online in head.ema_pairs():
+                ema_(target, online, momentum)
+
+    def encoder_state_dict(self) -> dict[str, Tensor]:
+        """The context encoder's weights under timm's own names."""
+        return self.encoder.vit.state_dict()
+
+
+def build_model(cfg: RunConfig) -> MIMModel:
+    return MIMModel(cfg)

@@ -1,0 +1,94 @@
+"""Reconstruction losses and patch-similarity statistics, one small pure function each.
+
+Shapes: ``pred`` and ``target`` are (B, N, D): N patches of D channels per image.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def mse(pred: Tensor, target: Tensor) -> Tensor:
+    """Mean over every element of (pred - target)^2."""
+    return (pred.float() - target.float()).pow(2).mean()
+
+
+def l1(pred: Tensor, target: Tensor) -> Tensor:
+    """Mean over every element of |pred - target|."""
+    return (pred.float() - target.float()).abs().mean()
+
+
+def huber(pred: Tensor, target: Tensor, delta: float = 1.0) -> Tensor:
+    """Element-wise Huber: 0.5 e^2 where |e| < delta, else delta (|e| - 0.5 delta); mean."""
+    return F.huber_loss(pred.float(), target.float(), delta=delta)
+
+
+def norm_mse(pred: Tensor, target: Tensor) -> Tensor:
+    """Squared distance between L2-normalised vectors (= 2 - 2 cos), mean over patches."""
+    p = F.normalize(pred.float(), dim=-1)
+    t = F.normalize(target.float(), dim=-1)
+    return (p - t).pow(2).sum(-1).mean()
+
+
+def standardize_patches(x: Tensor, eps: float = 1e-4) -> Tensor:
+    """Per image and channel, subtract the mean over patches and divide by (std + eps).
+
+    x: (B, N, D) -> (B, N, D)
+    """
+    x = x.float()
+    return (x - x.mean(dim=1, keepdim=True)) / (x.std(dim=1, keepdim=True) + eps)
+
+
+def patch_disc(pred: Tensor, target: Tensor, tau: float = 0.2) -> Tensor:
+    """Patch discrimination: InfoNCE among the target patches of the same image.
+
+    For target k of an image, logits_kl = cos(pred_k, target_l) / tau over that image's
+    targets l, and the right answer is l = k. Predictions are first standardised across
+    the patch axis; the mean cross-entropy is scaled by 2 tau.
+    """
+    B, N, _ = pred.shape
+    p = F.normalize(standardize_patches(pred), dim=-1)  # (B, N, D)
+    t = F.normalize(target.float(), dim=-1)  # (B, N, D)
+    logits = torch.bmm(p, t.transpose(1, 2)) / tau  # (B, N, N)
+    labels = torch.arange(N, device=pred.device).expand(B, N)
+    return F.cross_entropy(logits.flatten(0, 1), labels.flatten()) * (2 * tau)
+
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def reconstruction_loss(kind: str, tau: float = 0.2, huber_delta: float = 1.0) -> LossFn:
+    """The loss named by ``objectives.latent.loss``."""
+    table: dict[str, LossFn] = {
+        "patch_disc": lambda p, t: patch_disc(p, t, tau),
+        "mse": mse,
+        "l1": l1,
+        "huber": lambda p, t: huber(p, t, huber_delta),
+        "norm_mse": norm_mse,
+    }
+    if kind not in table:
+        raise ValueError(f"objectives.latent.loss: {kind!r} is not one of {sorted(table)}")
+    return table[kind]
+
+
+def mean_pairwise_cosine(x: Tensor) -> Tensor:
+    """Mean cosine similarity over distinct pairs (i != j) of each image's N vectors.
+
+    x: (B, N, D) -> (B,). Uses |sum_i x_i|^2 = sum_ij cos_ij for unit vectors: O(N D).
+    """
+    B, N, _ = x.shape
+    if N < 2:
+        raise ValueError("mean_pairwise_cosine needs at least two vectors per image")
+    u = F.normalize(x.float(), dim=-1)
+    s = u.sum(dim=1)  # (B, D)
+    return (s.pow(2).sum(-1) - u.pow(2).sum((1, 2))) / (N * (N - 1))
+
+
+def similarity_regularizer(pred: Tensor, visible: Tensor, gamma: float | Tensor) -> Tensor:
+    """(gamma - mean cos among predicted targets)^2 + (gamma - mean cos among visible latents)^2,
+    per image, averaged over the batch. pred: (B, Nt, D), visible: (B, Nv, D)."""
+    return ((gamma - mean_pairwise_cosine(pred)).pow(2) + (gamma - mean_pairwise_cosine(visible)).pow(2)).mean()
