@@ -1,0 +1,190 @@
+"""Image datasets through Hugging Face ``datasets``: a Hub id, a local directory in the Hub's
+parquet layout, or an image folder; decoded and augmented into normalised tensors.
+
+Images are decoded here (the image column is read with ``decode=False``) so that any
+mode (grayscale, CMYK, RGBA, palette) becomes RGB and an undecodable file is skipped and
+counted instead of crashing a run.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from PIL import Image, ImageFile
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision.transforms import v2 as T
+
+from .config import ConfigError, DataConfig
+
+log = logging.getLogger(__name__)
+
+EMBEDDED = "embedded"
+_EVAL_SPLITS = ("test", "validation", "val", "valid")
+_IMAGE_NAMES = ("image", "img", "jpg", "png", "pixel_values")
+_LABEL_NAMES = ("label", "labels", "class", "target", "fine_label")
+
+
+def embedded_dir() -> Path:
+    """The small real-image dataset shipped inside the package (see its PROVENANCE.md)."""
+    return Path(str(resources.files("mimkit.assets"))) / "cifar10_small"
+
+
+def load_source(source: str) -> datasets.DatasetDict:
+    """``embedded`` | a local dir (parquet files or an image folder) | a Hub dataset id."""
+    if source == EMBEDDED:
+        source = str(embedded_dir())
+    path = Path(source).expanduser()
+    try:
+        if path.is_dir():
+            has_parquet = any(path.rglob("*.parquet"))
+            ds = datasets.load_dataset(str(path)) if has_parquet else datasets.load_dataset("imagefolder", data_dir=str(path))
+        elif path.exists():
+            raise ConfigError(f"data.source: {source} is a file; give a directory or a Hub dataset id")
+        else:
+            ds = datasets.load_dataset(source)
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(f"data.source: cannot load {source!r} as a local directory or Hub dataset: {e}") from e
+    if not isinstance(ds, datasets.DatasetDict):
+        ds = datasets.DatasetDict({"train": ds})
+    return ds
+
+
+def pick_eval_split(ds: datasets.DatasetDict, wanted: str | None) -> str | None:
+    if wanted is not None:
+        if wanted not in ds:
+            raise ConfigError(f"data.eval_split: {wanted!r} not in the dataset's splits {list(ds)}")
+        return wanted
+    return next((s for s in _EVAL_SPLITS if s in ds), None)
+
+
+def detect_columns(features: datasets.Features, image_column: str | None, label_column: str | None) -> tuple[str, str | None]:
+    """The image column (an ``Image`` feature or a usual name) and the label column (or None)."""
+    names = list(features)
+    if image_column is None:
+        image_column = next((n for n in names if isinstance(features[n], datasets.Image)), None)
+        image_column = image_column or next((n for n in _IMAGE_NAMES if n in names), None)
+        if image_column is None:
+            raise ConfigError(f"data.image_column: no image column found among {names}; set data.image_column")
+    elif image_column not in names:
+        raise ConfigError(f"data.image_column: {image_column!r} not among the columns {names}")
+    if label_column is None:
+        label_column = next((n for n in names if isinstance(features[n], datasets.ClassLabel)), None)
+        label_column = label_column or next((n for n in _LABEL_NAMES if n in names), None)
+    elif label_column not in names:
+        raise ConfigError(f"data.label_column: {label_column!r} not among the columns {names}")
+    return image_column, label_column
+
+
+def decode_rgb(value: Any) -> Image.Image | None:
+    """A PIL RGB image from a datasets image value (bytes/path dict or PIL), None if undecodable."""
+    try:
+        if isinstance(value, Image.Image):
+            img = value
+        elif isinstance(value, dict) and value.get("bytes") is not None:
+            img = Image.open(io.BytesIO(value["bytes"]))
+        elif isinstance(value, dict) and value.get("path"):
+            img = Image.open(value["path"])
+        else:
+            return None
+        img.load()
+        if img.mode == "RGB":
+            return img
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            img = img.convert("RGBA")  # composite transparent pixels onto black, not garbage
+            background = Image.new("RGBA", img.size, (0, 0, 0, 255))
+            return Image.alpha_composite(background, img).convert("RGB")
+        return img.convert("RGB")
+    except Exception:  # truncated, corrupt, or not an image at all
+        return None
+
+
+def train_transform(size: int, cfg: DataConfig) -> T.Compose:
+    """RandomResizedCrop(scale) to ``size``, horizontal flip, float in [0,1], normalise."""
+    ops: list[Any] = [T.ToImage(), T.RandomResizedCrop(size, scale=tuple(cfg.crop_scale), interpolation=T.InterpolationMode.BICUBIC, antialias=True)]
+    if cfg.hflip:
+        ops.append(T.RandomHorizontalFlip())
+    ops += [T.ToDtype(torch.float32, scale=True), T.Normalize(cfg.mean, cfg.std)]
+    return T.Compose(ops)
+
+
+def eval_transform(size: int, cfg: DataConfig) -> T.Compose:
+    """Resize the short side to ``size``, centre crop, normalise."""
+    return T.Compose(
+        [
+            T.ToImage(),
+            T.Resize(size, interpolation=T.InterpolationMode.BICUBIC, antialias=True),
+            T.CenterCrop(size),
+            T.ToDtype(torch.float32, scale=True),
+            T.Normalize(cfg.mean, cfg.std),
+        ]
+    )
+
+
+class ImageDataset(Dataset):
+    """(image tensor, label) pairs; undecodable images come back as None (see ``collate``)."""
+
+    def __init__(self, hf: datasets.Dataset, image_column: str, label_column: str | None, transform: T.Compose):
+        self.hf = hf.cast_column(image_column, datasets.Image(decode=False))
+        self.image_column = image_column
+        self.label_column = label_column
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.hf)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int] | None:
+        row = self.hf[i]
+        img = decode_rgb(row[self.image_column])
+        if img is None:
+            return None
+        label = int(row[self.label_column]) if self.label_column is not None else -1
+        return self.transform(img), label
+
+
+def collate(batch: list[tuple[Tensor, int] | None]) -> dict[str, Tensor]:
+    """Stack the decodable samples; ``skipped`` counts the ones that were not."""
+    good = [b for b in batch if b is not None]
+    skipped = len(batch) - len(good)
+    if not good:
+        return {"images": torch.empty(0), "labels": torch.empty(0, dtype=torch.long), "skipped": torch.tensor(skipped)}
+    return {
+        "images": torch.stack([g[0] for g in good]),
+        "labels": torch.tensor([g[1] for g in good], dtype=torch.long),
+        "skipped": torch.tensor(skipped),
+    }
+
+
+@dataclass
+class Splits:
+    """The loaded dataset with its resolved split and column names."""
+
+    data: datasets.DatasetDict
+    train: str
+    eval: str | None
+    image_column: str
+    label_column: str | None
+
+    def dataset(self, split: str, transform: T.Compose) -> ImageDataset:
+        return ImageDataset(self.data[split], self.image_column, self.label_column, transform)
+
+
+def load_splits(cfg: DataConfig) -> Splits:
+    """Load ``data.source`` and check splits and columns before any training starts."""
+    ds = load_source(cfg.source)
+    if cfg.train_split not in ds:
+        raise ConfigError(f"data.train_split: {cfg.train_split!r} not in the splits of {cfg.source!r}: {list(ds)}")
+    if len(ds[cfg.train_split]) == 0:
+        raise ConfigError(f"data.source: split {cfg.train_split!r} of {cfg.source!r} is empty")
+    eval_split = pick_eval_split(ds, cfg.eval_split)
+    image_column, label_column = detect_columns(ds[cfg.train_split].features, cfg.image_column, cfg.label_column)
+    return Splits(ds, cfg.train_split, eval_split, image_column, label_column)
