@@ -8,9 +8,23 @@ Latent MIM, MAE (pixel MIM) and PiLaMIM are presets of one model::
     out = model(images)          # {"loss": ..., "latent/loss": ..., "latent/sim_pred": ...}
 """
 
+from typing import Any
+
 from .config import ConfigError, RunConfig, available_presets, load_config
-from .model import MIMModel, build_model
 
 __version__ = "0.1.0"
+
+# The model pulls in the heads of the top-level ``objectives`` package, which itself imports
+# mimkit's submodules; resolving these names lazily keeps either import order working.
+_LAZY = {"MIMModel": "model", "build_model": "model"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'mimkit' has no attribute {name!r}")
+
 
 __all__ = ["ConfigError", "MIMModel", "RunConfig", "available_presets", "build_model", "load_config"]
