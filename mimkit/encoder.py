@@ -102,13 +102,17 @@ def resolve_geometry(cfg: RunConfig) -> tuple[Geometry, dict]:
     return Geometry(patch=ph, gap=gap, grid=grid, channels=probe.patch_embed.proj.in_channels), kw
 
 
-def build_vit(cfg: RunConfig, kw: dict) -> VisionTransformer:
-    """The timm ViT of ``model.name``, from ``init.encoder`` weights when set."""
-    if cfg.init.encoder:
-        from .hub import load_encoder
+def build_vit(cfg: RunConfig, kw: dict, source: str | None = None, key: str = "init.encoder") -> VisionTransformer:
+    """The timm ViT of ``model.name`` with the weights of ``source`` (a ``load_encoder`` source)
+    when given, else randomly initialised. Load failures name the config ``key``."""
+    if not source:
+        return timm.create_model(cfg.model.name, pretrained=False, **kw)
+    from .hub import CheckpointError, load_encoder
 
-        return load_encoder(cfg.init.encoder, name=cfg.model.name, **kw)
-    return timm.create_model(cfg.model.name, pretrained=False, **kw)
+    try:
+        return load_encoder(source, name=cfg.model.name, **kw)
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"{key}: {e}") from e
 
 
 class ContextEncoder(nn.Module):

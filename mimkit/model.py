@@ -37,7 +37,7 @@ class MIMModel(nn.Module):
                 f"objectives.latent.similarity.coef: the regulariser needs >= 2 visible cells, masking.ratio="
                 f"{cfg.masking.ratio} leaves {self.num_visible} of {geometry.num_cells}"
             )
-        self.encoder = ContextEncoder(build_vit(cfg, kw), grad_checkpointing=cfg.model.grad_checkpointing)
+        self.encoder = ContextEncoder(build_vit(cfg, kw, cfg.init.encoder), grad_checkpointing=cfg.model.grad_checkpointing)
         D = self.encoder.dim
 
         self.heads = nn.ModuleDict({name: OBJECTIVES[name](cfg, D, geometry) for name in OBJECTIVES if name in active})
@@ -49,6 +49,21 @@ class MIMModel(nn.Module):
                 self.target = TargetEncoder(cfg.target, self.encoder)
             except ValueError as e:
                 raise ConfigError(str(e)) from e
+            self._init_target(cfg, kw)
+
+    def _init_target(self, cfg: RunConfig, kw: dict) -> None:
+        """``init.target``: "same" (or unset) starts the target as a copy of the context encoder;
+        any other source loads its weights into the target's own copy."""
+        source = cfg.init.target
+        if source in (None, "same"):
+            return
+        assert self.target is not None
+        if self.target.own is None:
+            raise ConfigError(
+                f"init.target: target.mode={cfg.target.mode!r} shares the context encoder's weights; "
+                "only ema and standalone targets can start from their own weights"
+            )
+        self.target.own.vit.load_state_dict(build_vit(cfg, kw, source, key="init.target").state_dict())
 
     @property
     def input_size(self) -> int:
@@ -60,17 +75,24 @@ class MIMModel(nn.Module):
         t = self.cfg.target
         return interp(t.momentum_schedule, t.momentum[0], t.momentum[1], progress)
 
-    def forward(self, images: Tensor, progress: float = 0.0) -> dict[str, Tensor]:
-        """images: (B, C, S, S) with S = input_size, normalised. Masks are drawn from torch's
-        global RNG on the images' device (captured by accelerate's checkpoints)."""
+    def forward(self, images: Tensor, progress: float = 0.0, batch_slice: tuple[int, int] | None = None) -> dict[str, Tensor]:
+        """images: (B, C, S, S) with S = input_size, normalised.
+
+        Masks and gap offsets are drawn from torch's global RNG on the images' device (which
+        accelerate checkpoints). ``batch_slice=(start, total)`` says these images are rows
+        [start, start + B) of a global batch of ``total``: randomness is drawn for all rows and
+        these rows kept, so masks do not depend on how a batch is split across processes.
+        """
         g = self.geometry
         B, _, H, W = images.shape
         if H != g.input_size or W != g.input_size:
             raise ValueError(f"MIMModel expects {g.input_size}x{g.input_size} images (grid {g.grid} x (patch {g.patch} + gap {g.gap})), got {H}x{W}")
-        offsets = grid_offsets(B, g.num_cells, g.gap, images.device) if g.gap else None
+        start, total = batch_slice if batch_slice is not None else (0, B)
+        rows = slice(start, start + B)
+        offsets = grid_offsets(total, g.num_cells, g.gap, images.device)[rows] if g.gap else None
         patches = patchify(images, g.patch, g.gap, offsets)  # (B, L, C*P*P)
-        visible_idx, target_idx = random_split(B, g.num_cells, self.ratio, images.device)  # (B, Nv), (B, Nt)
-        return self.forward_split(patches, visible_idx, target_idx, progress)
+        visible_idx, target_idx = random_split(total, g.num_cells, self.ratio, images.device)  # (total, Nv), (total, Nt)
+        return self.forward_split(patches, visible_idx[rows], target_idx[rows], progress)
 
     def forward_split(self, patches: Tensor, visible_idx: Tensor, target_idx: Tensor, progress: float = 0.0) -> dict[str, Tensor]:
         """The step after masking, for callers that choose the split themselves (tests, tools)."""
