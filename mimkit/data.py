@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import datasets
 import torch
@@ -130,31 +130,77 @@ def eval_transform(size: int, cfg: DataConfig) -> T.Compose:
     )
 
 
-class ImageDataset(Dataset):
-    """(image tensor, label) pairs; undecodable images come back as None (see ``collate``)."""
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A seed for one sample's augmentation, fixed by (run seed, epoch, dataset index)."""
+    return ((seed * 1_000_003 + epoch) * 10_000_019 + index) % (2**63 - 1)
 
-    def __init__(self, hf: datasets.Dataset, image_column: str, label_column: str | None, transform: T.Compose):
+
+class ImageDataset(Dataset):
+    """(image tensor, label, passed-over count) triples.
+
+    An undecodable image is either replaced by the next decodable one (``on_error="substitute"``,
+    for training: batches keep their size, so every process runs the same steps) or returned
+    as None (``"skip"``, for evaluation: nothing is counted twice); ``collate`` counts both.
+
+    With ``seed`` set, each sample's random augmentation is drawn from a generator seeded by
+    (seed, epoch, index): the same image gets the same crop whatever the number of workers
+    or processes, and after a resume. Call ``set_epoch`` before iterating an epoch.
+    """
+
+    max_substitutions = 64
+
+    def __init__(
+        self,
+        hf: datasets.Dataset,
+        image_column: str,
+        label_column: str | None,
+        transform: T.Compose,
+        seed: int | None = None,
+        on_error: Literal["substitute", "skip"] = "skip",
+    ):
         self.hf = hf.cast_column(image_column, datasets.Image(decode=False))
         self.image_column = image_column
         self.label_column = label_column
         self.transform = transform
+        self.seed = seed
+        self.on_error = on_error
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.hf)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, int] | None:
+    def _load(self, i: int) -> tuple[Image.Image, int] | None:
         row = self.hf[i]
         img = decode_rgb(row[self.image_column])
         if img is None:
             return None
-        label = int(row[self.label_column]) if self.label_column is not None else -1
-        return self.transform(img), label
+        return img, int(row[self.label_column]) if self.label_column is not None else -1
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int, int] | None:
+        loaded, passed_over = self._load(i), 0
+        while loaded is None and self.on_error == "substitute" and passed_over < min(self.max_substitutions, len(self) - 1):
+            passed_over += 1
+            loaded = self._load((i + passed_over) % len(self))
+        if loaded is None:
+            if self.on_error == "substitute":
+                raise RuntimeError(f"data: {passed_over + 1} consecutive undecodable images from index {i}; is the image column right?")
+            log.debug("data: undecodable image at index %d skipped", i)
+            return None
+        img, label = loaded
+        if self.seed is None:
+            return self.transform(img), label, passed_over
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, self.epoch, i))
+            return self.transform(img), label, passed_over
 
 
-def collate(batch: list[tuple[Tensor, int] | None]) -> dict[str, Tensor]:
-    """Stack the decodable samples; ``skipped`` counts the ones that were not."""
+def collate(batch: list[tuple[Tensor, int, int] | None]) -> dict[str, Tensor]:
+    """Stack the samples; ``skipped`` counts undecodable images skipped or passed over."""
     good = [b for b in batch if b is not None]
-    skipped = len(batch) - len(good)
+    skipped = len(batch) - len(good) + sum(g[2] for g in good)
     if not good:
         return {"images": torch.empty(0), "labels": torch.empty(0, dtype=torch.long), "skipped": torch.tensor(skipped)}
     return {
@@ -174,8 +220,10 @@ class Splits:
     image_column: str
     label_column: str | None
 
-    def dataset(self, split: str, transform: T.Compose) -> ImageDataset:
-        return ImageDataset(self.data[split], self.image_column, self.label_column, transform)
+    def dataset(
+        self, split: str, transform: T.Compose, seed: int | None = None, on_error: Literal["substitute", "skip"] = "skip"
+    ) -> ImageDataset:
+        return ImageDataset(self.data[split], self.image_column, self.label_column, transform, seed=seed, on_error=on_error)
 
 
 def load_splits(cfg: DataConfig) -> Splits:

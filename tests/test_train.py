@@ -1,0 +1,104 @@
+"""train.py end to end on the embedded data (CPU): checkpoints, export, resume, 2 processes."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--preset", "latent_mim+tiny", "train.batch_size=16", "data.num_workers=0", "train.trackers=[none]"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
+def run_train(*args: str) -> int:
+    sys.path.insert(0, str(ROOT))
+    try:
+        import train
+
+        return train.main(list(args))
+    finally:
+        sys.path.remove(str(ROOT))
+
+
+def read_log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_end_to_end_writes_log_checkpoint_and_timm_loadable_encoder(tmp_path):
+    out = tmp_path / "run"
+    assert run_train(*TINY, "--output", str(out), "train.max_steps=4", "train.save_every=2") == 0
+    records = [r for r in read_log(out) if "loss" in r]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert {"loss", "latent/loss", "lr", "momentum", "latent/sim_pred", "latent/sim_visible", "latent/sim_target"} <= set(records[0])
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert ckpts == ["step_00000002", "step_00000004"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 4 and 0.0 <= summary["nn"] <= 100.0
+    assert (out / "config.yaml").is_file()
+    # the exported encoder loads in plain timm and equals the trained context encoder
+    vit = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=True, num_classes=0, img_size=32, patch_size=4, embed_dim=64, depth=2,
+        num_heads=2, pretrained_cfg_overlay=dict(file=str(out / "encoder" / "model.safetensors")),
+    )
+    from safetensors.torch import load_file
+
+    state = load_file(out / "checkpoints" / "step_00000004" / "model.safetensors")
+    torch.testing.assert_close(vit.blocks[1].mlp.fc2.weight, state["encoder.vit.blocks.1.mlp.fc2.weight"])
+
+
+def test_resume_continues_from_the_saved_step_with_the_same_losses(tmp_path):
+    full = tmp_path / "full"
+    assert run_train(*TINY, "--output", str(full), "train.max_steps=6", "train.save_every=3") == 0
+    part = tmp_path / "part"
+    (part / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / "step_00000003", part / "checkpoints" / "step_00000003")
+    assert run_train(*TINY, "--output", str(part), "train.max_steps=6", "train.save_every=3", "--resume") == 0
+    a = {r["step"]: r for r in read_log(full) if "loss" in r}
+    b = {r["step"]: r for r in read_log(part) if "loss" in r}
+    assert sorted(b) == [4, 5, 6]
+    for step in (4, 5, 6):
+        assert b[step]["loss"] == pytest.approx(a[step]["loss"], rel=1e-5, abs=1e-6), step
+        assert b[step]["lr"] == pytest.approx(a[step]["lr"])
+
+
+def test_bad_config_is_reported_before_training(tmp_path, capsys):
+    assert run_train(*TINY, "--output", str(tmp_path / "x"), "masking.ratoi=0.5") == 2
+    assert "masking.ratio" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    common = [*TINY, "train.max_steps=3", "train.save_every=100", "model.drop_path_rate=0.0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    one = tmp_path / "one"
+    two = tmp_path / "two"
+    subprocess.run([sys.executable, "train.py", *common, "--output", str(one)], cwd=ROOT, env=env, check=True,
+                   capture_output=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "train.py", *common, "--output", str(two)],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    a = [r for r in read_log(one) if "loss" in r]
+    b = [r for r in read_log(two) if "loss" in r]
+    assert len(a) == len(b) == 3
+    # same images, same crops, same masks per sample: equal up to float reduction order
+    for ra, rb in zip(a, b):
+        assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-4), (ra, rb)
