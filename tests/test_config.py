@@ -66,8 +66,8 @@ def test_wrong_type_or_value_names_key():
         load_config("mae", ["train.batch_size=big"])
     with pytest.raises(ConfigError, match=r"target\.mode: 'emma' is not one of .*did you mean 'ema'"):
         load_config("latent_mim", ["target.mode=emma"])
-    with pytest.raises(ConfigError, match=r"train\.compile: expected true or false"):
-        load_config("mae", ["train.compile=1"])
+    with pytest.raises(ConfigError, match=r"data\.hflip: expected true or false"):
+        load_config("mae", ["data.hflip=1"])
 
 
 def test_unknown_preset_suggests():
