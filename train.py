@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     from mimkit.checkpoint import CheckpointError
     from mimkit.config import ConfigError, load_config
-    from mimkit.trainer import fit, make_accelerator
+    from mimkit.trainer import CollapseError, fit, make_accelerator
 
     overrides = list(args.overrides)
     if args.data:
@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (FloatingPointError, CollapseError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     if accelerator.is_main_process:
         print(json.dumps(summary, indent=1))
     return 0

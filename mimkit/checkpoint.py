@@ -71,6 +71,29 @@ def publish(staging: Path, state: TrainerState, keep_last: int) -> Path:
     return final
 
 
+def verify(path: str | Path) -> None:
+    """Read every file of a checkpoint; a missing, truncated or corrupt one is a CheckpointError
+    naming it (so a bad checkpoint is refused before any state is touched)."""
+    import safetensors.torch
+    import torch
+
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a checkpoint directory")
+    read_state(path)
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.name != STATE_FILE)
+    if not any(f.suffix == ".safetensors" for f in files):
+        raise CheckpointError(f"{path}: no model weights (*.safetensors) in the checkpoint")
+    for f in files:
+        try:
+            if f.suffix == ".safetensors":
+                safetensors.torch.load_file(f)
+            elif f.suffix in (".bin", ".pkl", ".pt", ".pth"):
+                torch.load(f, map_location="cpu", weights_only=False)
+        except Exception as e:
+            raise CheckpointError(f"{f}: corrupt or truncated checkpoint file ({type(e).__name__}: {e})") from e
+
+
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
     dirs = step_dirs(output_dir)
     return dirs[-1] if dirs else None

@@ -164,6 +164,14 @@ class TrainConfig:
     eval_every_epochs: int | None = None  # NN evaluation during training; None: only at the end
     trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
     output_dir: str = "outputs/run"
+    # A non-finite loss: "error" stops (checked at each log, no per-step sync) after saving a
+    # diagnostic state; "skip" drops that optimizer step and counts it (one host sync per step).
+    on_nonfinite: Literal["error", "skip"] = "error"
+    # Collapse alarm on the latent head's across-image similarity of pooled latents (the paper's
+    # "Sim"): above the threshold for `collapse_patience` consecutive logs -> warn, or stop.
+    collapse_threshold: float | None = 0.95
+    collapse_patience: int = 5
+    collapse_action: Literal["warn", "stop"] = "warn"
 
 
 @dataclass
@@ -452,7 +460,11 @@ def validate(cfg: RunConfig) -> None:
     _require(tr.warmup_epochs >= 0, f"train.warmup_epochs: {tr.warmup_epochs} must be >= 0")
     _require(len(tr.betas) == 2 and all(0 <= b < 1 for b in tr.betas), f"train.betas: {tr.betas} must be two values in [0, 1)")
     _require(tr.clip_grad is None or tr.clip_grad > 0, f"train.clip_grad: {tr.clip_grad} must be positive or null")
-    for key in ("log_every", "save_every", "keep_last"):
+    _require(
+        tr.collapse_threshold is None or -1.0 <= tr.collapse_threshold <= 1.0,
+        f"train.collapse_threshold: {tr.collapse_threshold} must be a cosine similarity in [-1, 1] or null",
+    )
+    for key in ("log_every", "save_every", "keep_last", "collapse_patience"):
         _require(getattr(tr, key) >= 1, f"train.{key}: {getattr(tr, key)} must be >= 1")
     _require(
         tr.eval_every_epochs is None or tr.eval_every_epochs >= 1,

@@ -138,22 +138,30 @@ class JsonlLog:
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
 
+    def records(self) -> list[dict[str, Any]]:
+        """Every complete record (a line cut short by a kill is ignored)."""
+        if not self.path.is_file():
+            return []
+        out = []
+        for line in self.path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out
 
-def _find_resume(resume: str | bool | None, output_dir: Path) -> Path | None:
-    if resume in (None, False):
-        return None
-    if resume is True or resume == "latest":
-        found = ckpt.latest_checkpoint(output_dir)
-        if found is None:
-            log.warning("--resume: no checkpoint in %s; starting from scratch", ckpt.checkpoint_root(output_dir))
-        return found
-    path = Path(str(resume))
-    if not path.is_dir():
-        raise ckpt.CheckpointError(f"--resume: {path} is not a checkpoint directory")
-    return path
+    def truncate_after(self, step: int) -> None:
+        """On resume: drop what a killed run logged past the checkpoint it resumes from."""
+        kept = [r for r in self.records() if r.get("step", 0) <= step]
+        if self.path.is_file():
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    def last(self, key: str) -> Any:
+        return next((r[key] for r in reversed(self.records()) if key in r), None)
 
 
 def _eval_dataset(cfg: RunConfig, splits: Splits, model: MIMModel) -> ImageDataset | None:
@@ -176,167 +184,277 @@ def _nn_eval(model: MIMModel, dataset: ImageDataset | None, accelerator: Acceler
         model.train(was_training)
 
 
-def fit(cfg: RunConfig, accelerator: Accelerator, output_dir: str | Path, resume: str | bool | None = None) -> dict[str, Any]:
-    """Pretrain ``cfg`` to the end of its schedule; returns the final summary (also in OUTPUT/summary.json)."""
-    out = Path(output_dir)
-    main = accelerator.is_main_process
-    set_seed(cfg.train.seed)
-    splits = load_splits(cfg.data)  # fails before any training on a bad source, split or column
-    model = build_model(cfg)
-    train_set = splits.dataset(splits.train, train_transform(model.input_size, cfg.data), seed=cfg.train.seed, on_error="substitute")
-    plan = make_plan(cfg, accelerator.num_processes, len(train_set))
-    eval_set = _eval_dataset(cfg, splits, model)
+class CollapseError(RuntimeError):
+    """The collapse monitor stayed above ``train.collapse_threshold`` with ``collapse_action: stop``."""
 
-    loader = DataLoader(
-        train_set,
-        batch_size=plan.micro_batch,
-        shuffle=True,
-        drop_last=True,
-        num_workers=cfg.data.num_workers,
-        collate_fn=collate,
-        pin_memory=torch.cuda.is_available(),
-        generator=torch.Generator().manual_seed(cfg.train.seed),  # keeps the global RNG (masks) untouched
-    )
-    tr = cfg.train
-    optimizer = torch.optim.AdamW(
-        param_groups(model, tr.weight_decay), lr=plan.peak_lr, betas=tuple(tr.betas), fused=torch.cuda.is_available() or None
-    )
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    core: MIMModel = accelerator.unwrap_model(model)
 
-    state = ckpt.TrainerState(step=0, epoch=0, batch_in_epoch=0)
-    start = _find_resume(resume, out)
-    if start is not None:
-        state = ckpt.read_state(start)
+class Trainer:
+    """One pretraining run. ``Trainer(cfg, accelerator, out).fit(resume)`` trains to the end of
+    the schedule and returns the summary; the pieces are small methods so tools can reuse them."""
+
+    def __init__(self, cfg: RunConfig, accelerator: Accelerator, output_dir: str | Path) -> None:
+        self.cfg, self.accelerator, self.out = cfg, accelerator, Path(output_dir)
+        self.main = accelerator.is_main_process
+        tr = cfg.train
+        set_seed(tr.seed)
+        splits = load_splits(cfg.data)  # fails before any training on a bad source, split or column
+        model = build_model(cfg)
+        self.train_set = splits.dataset(splits.train, train_transform(model.input_size, cfg.data), seed=tr.seed, on_error="substitute")
+        self.plan = make_plan(cfg, accelerator.num_processes, len(self.train_set))
+        self.eval_set = _eval_dataset(cfg, splits, model)
+        loader = DataLoader(
+            self.train_set,
+            batch_size=self.plan.micro_batch,
+            shuffle=True,
+            drop_last=True,
+            num_workers=cfg.data.num_workers,
+            collate_fn=collate,
+            pin_memory=torch.cuda.is_available(),
+            generator=torch.Generator().manual_seed(tr.seed),  # keeps the global RNG (masks) untouched
+        )
+        optimizer = torch.optim.AdamW(
+            param_groups(model, tr.weight_decay), lr=self.plan.peak_lr, betas=tuple(tr.betas), fused=torch.cuda.is_available() or None
+        )
+        self.model, self.optimizer, self.loader = accelerator.prepare(model, optimizer, loader)
+        self.core: MIMModel = accelerator.unwrap_model(self.model)
+        self.state = ckpt.TrainerState(step=0, epoch=0, batch_in_epoch=0)
+        self.stats = StatAccumulator()
+        self.jsonl = JsonlLog(self.out / "log.jsonl", self.main)
+        dev = accelerator.device
+        self.skipped = torch.zeros((), device=dev)  # undecodable images since the last log
+        self.first_bad_step = torch.full((), -1, dtype=torch.long, device=dev)  # first non-finite step
+        self.bad_heads = torch.zeros(len(self.core.heads) + 1, dtype=torch.bool, device=dev)  # heads..., total
+        self.collapse_streak = 0
+        self.nn_history: list[dict[str, float]] = []
+        self._clock = (time.perf_counter(), 0)  # (start of the log interval, images since)
+        self._lr = self.plan.peak_lr
+        self._momentum: float | None = None
+
+    # ------------------------------------------------------------------ resume / save
+
+    def resume(self, resume: str | bool | None) -> None:
+        """Load the requested checkpoint; ``latest`` falls back past unreadable ones."""
+        if resume in (None, False):
+            return
+        if resume is True or resume == "latest":
+            candidates = list(reversed(ckpt.step_dirs(self.out)))
+            if not candidates:
+                log.warning("--resume: no checkpoint in %s; starting from scratch", ckpt.checkpoint_root(self.out))
+                return
+        else:
+            candidates = [Path(str(resume))]
+        for path in candidates:
+            try:
+                self._load(path)
+                return
+            except ckpt.CheckpointError as e:
+                if len(candidates) == 1:
+                    raise
+                log.warning("--resume: skipping %s", e)
+        raise ckpt.CheckpointError(f"--resume: none of the checkpoints in {ckpt.checkpoint_root(self.out)} can be loaded")
+
+    def _load(self, path: Path) -> None:
+        ckpt.verify(path)
+        state = ckpt.read_state(path)
         try:
-            accelerator.load_state(str(start))
+            self.accelerator.load_state(str(path))
         except Exception as e:
-            raise ckpt.CheckpointError(f"--resume: cannot load checkpoint {start}: {e}") from e
-        log.info("resumed from %s at step %d", start, state.step)
+            raise ckpt.CheckpointError(f"{path}: cannot be loaded: {e}") from e
+        self.state = state
+        if self.main:
+            self.jsonl.truncate_after(state.step)
+        log.info("resumed from %s at step %d", path, state.step)
 
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(cfg.to_yaml())
-    if accelerator.trackers:
-        accelerator.init_trackers("mimkit", config=_flat(cfg.to_dict()))
-    jsonl = JsonlLog(out / "log.jsonl", main)
-    stats = StatAccumulator()
-    skipped = torch.zeros((), device=accelerator.device)
-    nn_history: list[dict[str, float]] = []
-
-    def fold_skipped() -> None:
-        """Move this interval's count of undecodable images (all processes) into the state."""
-        state.skipped_images += int(accelerator.reduce(skipped, reduction="sum").item())
-        skipped.zero_()
-
-    def save() -> Path:
-        fold_skipped()
-        staging = ckpt.staging_dir(out, state.step)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(staging))
-        accelerator.wait_for_everyone()
-        final = ckpt.publish(staging, state, tr.keep_last) if main else staging.parent / f"step_{state.step:08d}"
-        accelerator.wait_for_everyone()
+    def save(self, root: Path | None = None) -> Path:
+        """A complete checkpoint of the current state (all processes call this)."""
+        self._fold_skipped()
+        acc = self.accelerator
+        staging = ckpt.staging_dir(root or self.out, self.state.step)
+        acc.wait_for_everyone()
+        acc.save_state(str(staging))
+        acc.wait_for_everyone()
+        final = staging.parent / f"step_{self.state.step:08d}"
+        if self.main:
+            ckpt.publish(staging, self.state, self.cfg.train.keep_last)
+        acc.wait_for_everyone()
         return final
 
-    progress_bar = _progress(plan.total_steps, state.step, main)
-    t_last, images_since = time.perf_counter(), 0
-    world_micro = plan.micro_batch * accelerator.num_processes
-    model.train()
-    while state.step < plan.total_steps:
-        train_set.set_epoch(state.epoch)
-        loader.set_epoch(state.epoch)
-        batches = accelerator.skip_first_batches(loader, state.batch_in_epoch) if state.batch_in_epoch else loader
-        for batch in batches:
-            state.batch_in_epoch += 1
-            images = batch["images"]
-            skipped += batch["skipped"].to(skipped.device)
-            with accelerator.accumulate(model):
-                lr = learning_rate(state.step, plan.total_steps, plan.warmup_steps, plan.peak_lr, tr.min_lr)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                progress = state.step / plan.total_steps
-                result = model(images, progress=progress, batch_slice=(accelerator.process_index * plan.micro_batch, world_micro))
-                accelerator.backward(result["loss"])
-                if accelerator.sync_gradients and tr.clip_grad is not None:
-                    accelerator.clip_grad_norm_(model.parameters(), tr.clip_grad)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            stats.add(result)
-            images_since += images.shape[0] * accelerator.num_processes
-            if not accelerator.sync_gradients:
-                continue
-            momentum = core.momentum(progress)
-            core.update_target(momentum)
-            state.step += 1
-            progress_bar.update(1)
+    def _fold_skipped(self) -> None:
+        self.state.skipped_images += int(self.accelerator.reduce(self.skipped, reduction="sum").item())
+        self.skipped.zero_()
 
-            if state.step % tr.log_every == 0 or state.step == plan.total_steps:
-                now = time.perf_counter()
-                record = {"step": state.step, "epoch": state.epoch, **stats.read(accelerator), "lr": lr, "momentum": momentum}
-                record["images_per_s"] = images_since / max(now - t_last, 1e-9)
-                fold_skipped()
-                record["skipped_images"] = state.skipped_images
-                t_last, images_since = now, 0
-                _check_finite(record, state.step)
-                jsonl.write(record)
-                accelerator.log({k: v for k, v in record.items() if k != "step"}, step=state.step)
-                progress_bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
-            if state.step % tr.save_every == 0 and state.step < plan.total_steps:
-                save()
-            if state.step >= plan.total_steps:
-                break
-        else:  # epoch finished
-            state.epoch += 1
-            state.batch_in_epoch = 0
-            if tr.eval_every_epochs and state.epoch % tr.eval_every_epochs == 0:
-                acc = _nn_eval(core, eval_set, accelerator, plan.micro_batch)
-                if acc is not None:
-                    nn_history.append({"step": state.step, "epoch": state.epoch, "nn": acc})
-                    jsonl.write({"step": state.step, "epoch": state.epoch, "eval/nn": acc})
-                    accelerator.log({"eval/nn": acc}, step=state.step)
-    progress_bar.close()
+    # ------------------------------------------------------------------ the loop
 
-    final_ckpt = save()
-    nn = _nn_eval(core, eval_set, accelerator, plan.micro_batch)
-    summary = {
-        "preset": cfg.preset,
-        "steps": state.step,
-        "epochs_completed": state.epoch,
-        "images_seen": state.step * tr.batch_size,
-        "final_loss": _last_loss(out / "log.jsonl") if main else None,
-        "nn": nn,
-        "nn_history": nn_history,
-        "skipped_images": state.skipped_images,
-        "checkpoint": str(final_ckpt),
-        "encoder": str(out / "encoder"),
-    }
-    if main:
-        from .hub import save_pretrained
+    def fit(self, resume: str | bool | None = None) -> dict[str, Any]:
+        self.resume(resume)
+        acc, tr, plan, state = self.accelerator, self.cfg.train, self.plan, self.state
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(self.cfg.to_yaml())
+        if acc.trackers:
+            acc.init_trackers("mimkit", config=_flat(self.cfg.to_dict()))
+        bar = _progress(plan.total_steps, state.step, self.main)
+        self._clock = (time.perf_counter(), 0)
+        self.model.train()
+        while state.step < plan.total_steps:
+            self.train_set.set_epoch(state.epoch)
+            self.loader.set_epoch(state.epoch)
+            batches = acc.skip_first_batches(self.loader, state.batch_in_epoch) if state.batch_in_epoch else self.loader
+            for batch in batches:
+                state.batch_in_epoch += 1
+                if not self._micro_step(batch):
+                    continue
+                bar.update(1)
+                if state.step % tr.log_every == 0 or state.step == plan.total_steps:
+                    record = self._log()
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
+                if state.step % tr.save_every == 0 and state.step < plan.total_steps:
+                    self.save()
+                if state.step >= plan.total_steps:
+                    break
+            else:  # the epoch ran out
+                state.epoch += 1
+                state.batch_in_epoch = 0
+                if tr.eval_every_epochs and state.epoch % tr.eval_every_epochs == 0:
+                    self._eval_during_training()
+        bar.close()
+        return self._finish()
 
-        save_pretrained(core.encoder.vit, out / "encoder", name=cfg.model.name)
-        (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return summary
+    def _micro_step(self, batch: dict[str, torch.Tensor]) -> bool:
+        """Forward/backward one micro-batch; True when an optimizer step completed."""
+        acc, tr, plan, state, model = self.accelerator, self.cfg.train, self.plan, self.state, self.model
+        images = batch["images"]
+        self.skipped += batch["skipped"].to(self.skipped.device)
+        progress = state.step / plan.total_steps
+        with acc.accumulate(model):
+            self._lr = learning_rate(state.step, plan.total_steps, plan.warmup_steps, plan.peak_lr, tr.min_lr)
+            for group in self.optimizer.param_groups:
+                group["lr"] = self._lr
+            world_rows = plan.micro_batch * acc.num_processes
+            result = model(images, progress=progress, batch_slice=(acc.process_index * plan.micro_batch, world_rows))
+            self._watch_finite(result)
+            acc.backward(result["loss"])
+            skip = acc.sync_gradients and tr.on_nonfinite == "skip" and self._step_is_nonfinite()
+            if acc.sync_gradients and tr.clip_grad is not None and not skip:
+                acc.clip_grad_norm_(model.parameters(), tr.clip_grad)
+            if not skip:
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self._clock = (self._clock[0], self._clock[1] + images.shape[0] * acc.num_processes)
+        if not acc.sync_gradients:
+            self.stats.add(result)
+            return False
+        if skip:
+            state.nonfinite_steps += 1
+            self.bad_heads.zero_()
+        else:
+            self.stats.add(result)
+            self._momentum = self.core.momentum(progress)
+            self.core.update_target(self._momentum)
+        state.step += 1
+        return True
+
+    # ------------------------------------------------------------------ monitoring
+
+    def _watch_finite(self, result: dict[str, torch.Tensor]) -> None:
+        """Flag non-finite losses on the device (no host sync)."""
+        losses = torch.stack([result[f"{h}/loss"].detach().float() for h in self.core.heads] + [result["loss"].detach().float()])
+        bad = ~torch.isfinite(losses)
+        self.bad_heads |= bad
+        step = torch.full_like(self.first_bad_step, self.state.step + 1)
+        self.first_bad_step = torch.where((self.first_bad_step < 0) & bad.any(), step, self.first_bad_step)
+
+    def _step_is_nonfinite(self) -> bool:
+        """Whether any process saw a non-finite loss in this optimizer step (one sync)."""
+        return bool(self.accelerator.reduce(self.bad_heads.any().float(), reduction="max").item())
+
+    def _raise_if_nonfinite(self) -> None:
+        flags = self.accelerator.reduce(self.bad_heads.float(), reduction="max")
+        if not bool(flags.any()):
+            return
+        step = int(self.accelerator.reduce(self.first_bad_step.float(), reduction="max").item())
+        names = [*self.core.heads, "total"]
+        heads = [n for n, f in zip(names, flags.tolist()) if f]
+        where = self.save(self.out / "diagnostics")
+        raise FloatingPointError(
+            f"non-finite loss at step {step} in {', '.join(h for h in heads if h != 'total') or 'the total'}; "
+            f"diagnostic state saved to {where}. Lower train.base_lr, set train.clip_grad, or use "
+            "train.on_nonfinite=skip to drop such steps."
+        )
+
+    def _check_collapse(self, record: dict[str, Any]) -> None:
+        tr, sim = self.cfg.train, record.get("latent/sim_images")
+        if tr.collapse_threshold is None or sim is None:
+            return
+        self.collapse_streak = self.collapse_streak + 1 if sim > tr.collapse_threshold else 0
+        if self.collapse_streak < tr.collapse_patience:
+            return
+        msg = (
+            f"COLLAPSE: latent/sim_images = {sim:.3f} > train.collapse_threshold = {tr.collapse_threshold} "
+            f"for {self.collapse_streak} consecutive logs (step {self.state.step}): the encoder maps images to "
+            "nearly the same latent. Check target.mode (ema avoids collapse), the loss (patch_disc) and the lr."
+        )
+        if tr.collapse_action == "stop":
+            self.save()
+            raise CollapseError(msg + f" Stopped; checkpoint saved at step {self.state.step}.")
+        if self.collapse_streak == tr.collapse_patience:
+            log.warning("!" * 20 + " " + msg)
+
+    def _log(self) -> dict[str, Any]:
+        acc, state = self.accelerator, self.state
+        if self.cfg.train.on_nonfinite == "error":
+            self._raise_if_nonfinite()
+        now = time.perf_counter()
+        t0, images = self._clock
+        self._fold_skipped()
+        record = {"step": state.step, "epoch": state.epoch, **self.stats.read(acc), "lr": self._lr}
+        record["momentum"] = self._momentum
+        record["images_per_s"] = images / max(now - t0, 1e-9)
+        record["skipped_images"] = state.skipped_images
+        record["nonfinite_steps"] = state.nonfinite_steps
+        self._clock = (now, 0)
+        self.jsonl.write(record)
+        acc.log({k: v for k, v in record.items() if k != "step" and v is not None}, step=state.step)
+        self._check_collapse(record)
+        return record
+
+    def _eval_during_training(self) -> None:
+        acc = _nn_eval(self.core, self.eval_set, self.accelerator, self.plan.micro_batch)
+        if acc is None:
+            return
+        self.nn_history.append({"step": self.state.step, "epoch": self.state.epoch, "nn": acc})
+        self.jsonl.write({"step": self.state.step, "epoch": self.state.epoch, "eval/nn": acc})
+        self.accelerator.log({"eval/nn": acc}, step=self.state.step)
+
+    def _finish(self) -> dict[str, Any]:
+        final = self.save()
+        nn = _nn_eval(self.core, self.eval_set, self.accelerator, self.plan.micro_batch)
+        summary = {
+            "preset": self.cfg.preset,
+            "steps": self.state.step,
+            "epochs_completed": self.state.epoch,
+            "images_seen": self.state.step * self.cfg.train.batch_size,
+            "final_loss": self.jsonl.last("loss"),
+            "nn": nn,
+            "nn_history": self.nn_history,
+            "skipped_images": self.state.skipped_images,
+            "nonfinite_steps": self.state.nonfinite_steps,
+            "checkpoint": str(final),
+            "encoder": str(self.out / "encoder"),
+        }
+        if self.main:
+            from .hub import save_pretrained
+
+            save_pretrained(self.core.encoder.vit, self.out / "encoder", name=self.cfg.model.name)
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
+        self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
+        return summary
 
 
-def _check_finite(record: dict[str, Any], step: int) -> None:
-    bad = [k for k, v in record.items() if k.endswith("loss") and isinstance(v, float) and not math.isfinite(v)]
-    if bad:
-        heads = [k.split("/")[0] for k in bad if "/" in k] or ["total"]
-        raise FloatingPointError(f"non-finite loss by step {step} in head(s) {', '.join(heads)}: " + ", ".join(f"{k}={record[k]}" for k in bad))
-
-
-def _last_loss(path: Path) -> float | None:
-    if not path.is_file():
-        return None
-    last = None
-    for line in path.read_text().splitlines():
-        rec = json.loads(line)
-        if "loss" in rec:
-            last = rec["loss"]
-    return last
+def fit(cfg: RunConfig, accelerator: Accelerator, output_dir: str | Path, resume: str | bool | None = None) -> dict[str, Any]:
+    """Pretrain ``cfg`` to the end of its schedule; returns the summary (also in OUTPUT/summary.json)."""
+    return Trainer(cfg, accelerator, output_dir).fit(resume)
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
