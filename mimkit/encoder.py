@@ -170,6 +170,10 @@ class ContextEncoder(nn.Module):
         x = self.blocks(self.embed(patches, grid_idx), depth)
         return self.vit.norm(x) if norm else x
 
+    def forward(self, patches: Tensor, grid_idx: Tensor) -> Tensor:
+        """The context path: ``encode`` with every block and the final norm."""
+        return self.encode(patches, grid_idx)
+
     def forward_image(self, images: Tensor, norm: bool = True) -> Tensor:
         """Full images on the native grid (evaluation): (B, C, g*P, g*P) -> (B, prefix + L, D).
 

@@ -96,7 +96,7 @@ class MIMModel(nn.Module):
 
     def forward_split(self, patches: Tensor, visible_idx: Tensor, target_idx: Tensor, progress: float = 0.0) -> dict[str, Tensor]:
         """The step after masking, for callers that choose the split themselves (tests, tools)."""
-        tokens = self.encoder.encode(gather_tokens(patches, visible_idx), visible_idx)  # (B, p+Nv, D)
+        tokens = self.encoder(gather_tokens(patches, visible_idx), visible_idx)  # (B, p+Nv, D)
         ctx = Context(
             tokens=tokens,
             num_prefix=self.encoder.num_prefix,

@@ -307,7 +307,8 @@ class Trainer:
                 bar.update(1)
                 if state.step % tr.log_every == 0 or state.step == plan.total_steps:
                     record = self._log()
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
+                    if "loss" in record:  # absent when every step of the interval was skipped
+                        bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
                 if state.step % tr.save_every == 0 and state.step < plan.total_steps:
                     self.save()
                 if state.step >= plan.total_steps:

@@ -1,0 +1,107 @@
+"""scripts/bench.py on the CPU: one JSON line per run, real FLOP counts, mimkit's config errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+import mimkit
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
+TINY = ["--preset", "latent_mim+tiny", "--device", "cpu", "--steps", "2", "--warmup", "1", "--batch", "4", "--split-steps", "1"]
+KEYS = {
+    "preset", "model", "batch", "steps", "device", "device_name", "precision", "compile", "images_per_s", "step_ms",
+    "flops_per_step", "gflop_per_image", "tflop_per_s", "peak_mem_gib", "split_ms", "compile_s", "data",
+}
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("mimkit_bench_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(bench: ModuleType, capsys: pytest.CaptureFixture, argv: list[str]) -> list[dict]:
+    assert bench.main(argv) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def math_attention_flops(preset: str, overrides: list[str], batch: int) -> int:
+    """FLOPs of one forward + backward counted by a plain FlopCounterMode, attention as matmuls."""
+    model = mimkit.build_model(mimkit.load_config(preset, overrides))
+    images = torch.randn(batch, 3, model.input_size, model.input_size)
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(images)["loss"].backward()
+    return counter.get_total_flops()
+
+
+def test_synthetic_run_reports_real_numbers(bench: ModuleType, capsys: pytest.CaptureFixture) -> None:
+    (rec,) = run(bench, capsys, TINY)
+    assert KEYS <= rec.keys()
+    assert (rec["preset"], rec["batch"], rec["steps"], rec["device"], rec["precision"]) == ("latent_mim+tiny", 4, 2, "cpu", "fp32")
+    assert rec["data"] == "synthetic" and rec["compile"] is False and rec["peak_mem_gib"] is None
+    assert rec["images_per_s"] > 0 and rec["step_ms"] > 0
+    assert rec["flops_per_step"] > 0 and rec["tflop_per_s"] > 0
+    assert rec["gflop_per_image"] == pytest.approx(rec["flops_per_step"] / 4 / 1e9, rel=1e-3)
+    split = rec["split_ms"]
+    assert {"context_encoder", "target_encoder", "head/latent", "forward_other", "backward", "optimizer", "ema", "step"} <= split.keys()
+    assert all(v > 0 for k, v in split.items() if k != "forward_other")
+    # The fused CPU attention kernel also computes the gradients of the visual-cue attention's
+    # constant positions, which the math path skips: the count is a little above the math one.
+    reference = math_attention_flops("latent_mim+tiny", [], 4)
+    assert reference <= rec["flops_per_step"] <= reference * 1.01
+
+
+def test_flop_count_equals_independent_count(bench: ModuleType, capsys: pytest.CaptureFixture) -> None:
+    override = "objectives.latent.decoder.visual_cues=false"
+    (rec,) = run(bench, capsys, TINY + ["--split-steps", "0", "--warmup", "0", "--steps", "1", override])
+    assert rec["split_ms"] is None
+    assert rec["flops_per_step"] == math_attention_flops("latent_mim+tiny", [override], 4)
+
+
+def test_several_batches_one_line_each(bench: ModuleType, capsys: pytest.CaptureFixture) -> None:
+    recs = run(bench, capsys, TINY + ["--batch", "2,4", "--split-steps", "0", "--warmup", "0", "--steps", "1"])
+    assert [r["batch"] for r in recs] == [2, 4]
+    assert recs[1]["flops_per_step"] == 2 * recs[0]["flops_per_step"]
+
+
+def test_embedded_data_pipeline(bench: ModuleType, capsys: pytest.CaptureFixture) -> None:
+    (rec,) = run(bench, capsys, TINY + ["--data", "embedded", "--steps", "1", "--warmup", "0"])
+    assert rec["data"] == "embedded" and rec["num_workers"] == 0
+    assert rec["images_per_s"] > 0 and rec["flops_per_step"] > 0
+    assert "data" in rec["split_ms"]
+
+
+def test_bad_override_exits_2_naming_the_key() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--preset", "latent_mim+tiny", "--device", "cpu", "masking.rato=0.5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "masking.rato" in proc.stderr and "masking.ratio" in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_unknown_preset_exits_2(bench: ModuleType, capsys: pytest.CaptureFixture) -> None:
+    assert bench.main(["--preset", "latent_mimm", "--device", "cpu"]) == 2
+    assert "latent_mimm" in capsys.readouterr().err
+
+
+def test_batch_list_parsing(bench: ModuleType) -> None:
+    assert bench._batch_list("128,256, 512") == [128, 256, 512]
+    with pytest.raises(Exception):
+        bench._batch_list("0")
