@@ -1,0 +1,120 @@
+"""scripts/evaluate.py, compare.py and segment.py on tiny checkpoints and the embedded images."""
+
+import csv
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from PIL import Image
+
+from mimkit.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--max-train", "64", "--max-eval", "32", "--batch-size", "32", "--num-workers", "0", "--linear-epochs", "2",
+        "--fewshot-shots", "2", "--fewshot-iterations", "5", "--fewshot-seeds", "0", "1"]
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"mimkit_script_{name}", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_run(root: Path, preset: str, seed: int) -> Path:
+    """A training output dir as the trainer leaves it: encoder/ (model.safetensors + config.json) and config.yaml."""
+    from mimkit.hub import save_pretrained
+
+    torch.manual_seed(seed)
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, num_classes=0)
+    run = root / preset.split("+")[0]
+    save_pretrained(vit, run / "encoder")
+    (run / "config.yaml").write_text(load_config(preset).to_yaml())
+    return run
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate():
+    yield
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    return make_run(root, "mae+tiny", 0), make_run(root, "latent_mim+tiny", 1)
+
+
+def test_evaluate_writes_every_metric(runs, tmp_path, capsys):
+    out = tmp_path / "metrics.json"
+    assert load_script("evaluate").main(["--checkpoint", str(runs[0]), "--out", str(out), *FAST]) == 0
+    metrics = json.loads(out.read_text())
+    for key in ("nn", "knn", "linear", "fewshot", "sim", "sim_patches", "rank"):
+        assert isinstance(metrics[key], float), key
+    meta = metrics["meta"]
+    assert meta["data"]["source"] == "embedded"  # from the run's config.yaml
+    assert meta["sizes"] == {"eval": 32, "train": 64}
+    assert meta["run"]["variant"] == "pixel" and meta["run"]["objectives"] == ["pixel"]
+    assert meta["normalization"]["from"] == "config.yaml"
+    assert json.loads(capsys.readouterr().out)["nn"] == metrics["nn"]
+
+
+def test_evaluate_errors_name_the_argument(runs, tmp_path, capsys):
+    evaluate = load_script("evaluate")
+    with pytest.raises(SystemExit):
+        evaluate.main(["--checkpoint", str(tmp_path / "missing")])
+    assert "--checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        evaluate.main(["--checkpoint", str(runs[0]), "--pool", "max"])
+    assert "--pool" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        evaluate.main(["--checkpoint", str(runs[0] / "encoder" / "model.safetensors"), "--knn-k", "0"])
+    assert "--knn-k" in capsys.readouterr().err
+    assert evaluate.main(["--checkpoint", str(runs[0]), "--data", str(tmp_path / "nodata"), "--protocols", "nn"]) == 2
+    assert "nodata" in capsys.readouterr().err
+
+
+def test_evaluate_help_runs_as_a_script():
+    # run as a file, scripts/ is on sys.path: its name must not shadow the `evaluate` library
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "scripts/evaluate.py", "--help"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "--checkpoint" in proc.stdout and "leave-one-out" in proc.stdout
+
+
+def test_compare_writes_table_csv_and_chart(runs, tmp_path):
+    out = tmp_path / "cmp"
+    assert load_script("compare").main([str(runs[1]), str(runs[0]), "--out", str(out), *FAST]) == 0
+    table = (out / "compare.md").read_text()
+    assert "mae+tiny [pixel]" in table and "latent_mim+tiny [latent]" in table
+    assert table.index("[pixel]") < table.index("[latent]")  # pixel variant first, latent beside it
+    rows = list(csv.DictReader((out / "compare.csv").open()))
+    assert [r["variant"] for r in rows] == ["pixel", "latent"]
+    assert all(0 <= float(r["nn"]) <= 100 for r in rows)
+    with Image.open(out / "compare.png") as png:
+        assert png.size[0] > 400 and png.size[1] > 300
+    saved = sorted((out / "metrics").glob("*.json"))
+    assert len(saved) == 2
+    again = tmp_path / "again"  # from the metrics JSONs alone, no evaluation
+    assert load_script("compare").main([*map(str, saved), "--out", str(again)]) == 0
+    assert (again / "compare.csv").read_text() == (out / "compare.csv").read_text()
+
+
+def test_segment_writes_a_grid(runs, tmp_path):
+    out = tmp_path / "seg.png"
+    args = ["--checkpoint", str(runs[1]), "--num-images", "3", "--clusters", "3", "--cell", "48", "--map", "--out", str(out)]
+    assert load_script("segment").main(args) == 0
+    with Image.open(out) as png:
+        w, h = png.size
+    assert w >= 3 * 48 and h >= 3 * 48  # three columns, three rows
+    with pytest.raises(SystemExit):
+        load_script("segment").main(["--checkpoint", str(runs[1]), "--clusters", "0"])
