@@ -433,7 +433,7 @@ class Trainer:
         summary = {
             "preset": self.cfg.preset,
             "steps": self.state.step,
-            "epochs_completed": self.state.epoch,
+            "epochs": round(self.state.step / self.plan.steps_per_epoch, 3),
             "images_seen": self.state.step * self.cfg.train.batch_size,
             "final_loss": self.jsonl.last("loss"),
             "nn": nn,

@@ -46,6 +46,7 @@ def test_overrides_are_typed_and_dotted():
     # a partial override of a nested section keeps that section's other preset values
     assert cfg.objectives.latent.decoder.kind == "cross_attn" and cfg.objectives.latent.decoder.visual_cues
     assert parse_override("a.b=null") == {"a": {"b": None}}
+    assert load_config("mae", ["train.base_lr=5e-4"]).train.base_lr == 5e-4  # YAML 1.1 reads this as a string
 
 
 def test_stacked_presets_later_wins():

@@ -457,3 +457,17 @@ def test_init_encoder_and_init_target_through_the_config(tmp_path: Path) -> None
         mimkit.build_model(mimkit.load_config("latent_mim+tiny", ["target.mode=stopgrad", f"init.target={tgt_dir}"]))
     with pytest.raises(mimkit.ConfigError, match="init.encoder: checkpoint not found"):
         mimkit.build_model(mimkit.load_config("latent_mim+tiny", [f"init.encoder={tmp_path / 'nope'}"]))
+
+
+def test_train_py_starts_from_a_hub_id_in_an_offline_cache(tmp_path: Path, offline_cache: Path) -> None:
+    from .runs import TINY, losses, run_train
+
+    export = save_pretrained(tiny_vit(31), tmp_path / "export")
+    populate_hf_cache(offline_cache, REPO, export)
+    args = [*TINY, "train.max_steps=2", "train.log_every=1"]
+    assert run_train(*args, "--output", str(tmp_path / "hub"), f"init.encoder=hf-hub:{REPO}") == 0
+    assert run_train(*args, "--output", str(tmp_path / "dir"), f"init.encoder={export}") == 0
+    assert run_train(*args, "--output", str(tmp_path / "scratch")) == 0
+    hub, local, scratch = (losses(tmp_path / n) for n in ("hub", "dir", "scratch"))
+    assert hub == local  # the Hub id resolved through the cache to the same weights
+    assert hub != scratch
