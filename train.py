@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 DEFAULT_PRESET = "default"
 
@@ -36,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     from mimkit.trainer import CollapseError, fit, make_accelerator
 
     overrides = list(args.overrides)
+    if args.resume and "=" in args.resume and not Path(args.resume).exists():
+        # `--resume key=value ...`: the optional PATH took an override; resume from the latest
+        overrides.insert(0, args.resume)
+        args.resume = "latest"
     if args.data:
         overrides.append(f"data.source={args.data}")
     if args.output:

@@ -38,7 +38,8 @@ def test_resume_continues_from_the_saved_step_with_the_same_losses(tmp_path):
     part = tmp_path / "part"
     (part / "checkpoints").mkdir(parents=True)
     shutil.copytree(full / "checkpoints" / "step_00000003", part / "checkpoints" / "step_00000003")
-    assert run_train(*TINY, "--output", str(part), "train.max_steps=6", "train.save_every=3", "--resume") == 0
+    # `--resume` followed by overrides: the optional PATH is not taken for an override
+    assert run_train(*TINY, "--output", str(part), "--resume", "train.max_steps=6", "train.save_every=3") == 0
     a = {r["step"]: r for r in read_log(full) if "loss" in r}
     b = {r["step"]: r for r in read_log(part) if "loss" in r}
     assert sorted(b) == [4, 5, 6]

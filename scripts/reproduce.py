@@ -1,0 +1,949 @@
+"""Pretrain and evaluate the Latent MIM comparisons at small scale, then write docs/results.md.
+
+    python scripts/reproduce.py --data-root .data --workers 12 --time-budget 25   # main + ablation tables
+    python scripts/reproduce.py --data-root .data --tables main --datasets cifar10
+    python scripts/reproduce.py --dry-run                # print every command, run nothing
+    python scripts/reproduce.py --report-only            # rewrite results.md from the runs on disk
+
+Every run is `python train.py --preset P --data D --output OUT/<dataset>/<name> [overrides]`, then
+`python scripts/evaluate.py --checkpoint OUT/<dataset>/<name> --out OUT/<dataset>/<name>/metrics.json`.
+A run with summary.json is not trained again, a run with checkpoints is continued with --resume, a
+run with metrics.json is not evaluated again; each attempt's wall time, command and device accumulate
+in OUT/<dataset>/<name>/timing.json. Trailing key=value arguments override the config of every run
+(train.max_steps=2 for a smoke test). The plan, the geometry and the claim rules: docs/reproduce.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+SCRIPTS = Path(__file__).resolve().parent
+ROOT = SCRIPTS.parent
+# scripts/evaluate.py would shadow the `evaluate` library for anything imported from here
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != SCRIPTS]
+
+import yaml  # noqa: E402
+
+from mimkit.checkpoint import step_dirs  # noqa: E402
+from mimkit.config import ConfigError, load_config  # noqa: E402
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset and the encoder geometry used on it: a 14x14 grid as in the paper (224 / 16)."""
+
+    key: str
+    title: str
+    image_px: int  # side of the stored images
+    patch: int
+    native: int  # the encoder's native side, grid * patch (images are resized to it)
+    gap: int  # gap of the latent runs: patch / 4, the paper's 16:4
+    epochs: int
+    num_classes: int = 10
+
+    @property
+    def grid(self) -> int:
+        return self.native // self.patch
+
+    def crop(self, gap: int) -> int:
+        return self.grid * (self.patch + gap)
+
+    def describe(self) -> str:
+        resize = f"{self.image_px} px" if self.image_px == self.native else f"{self.image_px} px resized to {self.native} px"
+        return (
+            f"{resize}, patch {self.patch}, {self.grid}×{self.grid} grid; training crop {self.crop(0)} px "
+            f"(gap 0) or {self.crop(self.gap)} px (gap {self.gap})"
+        )
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "cifar10": DatasetSpec("cifar10", "CIFAR-10", image_px=32, patch=4, native=56, gap=1, epochs=4),
+    "imagenette": DatasetSpec("imagenette", "Imagenette", image_px=112, patch=8, native=112, gap=2, epochs=20),
+}
+MAIN_PRESETS = ("naive_latent_mim", "mae", "latent_mim", "pilamim")
+MAIN_EVAL = ("--protocols", "nn", "knn", "linear", "sim")
+ABLATION_EVAL = ("--protocols", "nn", "knn", "sim")
+DEFAULT_ABLATION_DATASET = "imagenette"
+WARMUP_FRACTION = 0.1
+SAVE_EVERY = 500
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One pretraining run: its directory is OUT/<dataset>/<name>."""
+
+    dataset: str
+    name: str
+    preset: str
+    overrides: tuple[str, ...] = ()
+    eval_args: tuple[str, ...] = MAIN_EVAL
+
+    @property
+    def key(self) -> str:
+        return f"{self.dataset}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Row:
+    run: str  # the RunSpec name within the table's dataset
+    label: str
+    change: str = ""
+
+
+@dataclass(frozen=True)
+class Table:
+    key: str  # "main" or "ablation"
+    title: str
+    dataset: str
+    rows: tuple[Row, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    runs: tuple[RunSpec, ...]
+    tables: tuple[Table, ...]
+
+    def run(self, dataset: str, name: str) -> RunSpec:
+        return next(r for r in self.runs if r.dataset == dataset and r.name == name)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One row of the challenge progression: the overrides it adds to the previous row."""
+
+    name: str
+    label: str
+    adds: tuple[str, ...]
+
+
+def progression(gap: int) -> tuple[Step, ...]:
+    """From the naive baseline to Latent MIM, one switch at a time (the paper's Tables 1-4).
+    The last step lands exactly on the `latent_mim` preset (checked by the tests)."""
+    return (
+        Step("naive_latent_mim", "naive: joint target, MSE, 75%, gap 0, self-attn decoder", ()),
+        Step("abl1_standalone", "target: standalone (own weights)", ("target.mode=standalone",)),
+        Step("abl2_stopgrad", "target: shared weights + stop-grad", ("target.mode=stopgrad",)),
+        Step("abl3_ema", "target: EMA", ("target.mode=ema",)),
+        Step("abl4_patch_disc", "loss: patch discrimination", ("objectives.latent.loss=patch_disc",)),
+        Step("abl5_mask90", "mask ratio 0.9", ("masking.ratio=0.9",)),
+        Step("abl6_gap", f"gap {gap}", (f"masking.gap={gap}",)),
+        Step("abl7_cross_attn", "decoder: cross-attention", ("objectives.latent.decoder.kind=cross_attn",)),
+        Step("abl8_visual_cues", "decoder: cross-attention + visual cues", ("objectives.latent.decoder.visual_cues=true",)),
+        Step("abl9_projector", "projector: MLP", ("objectives.latent.projector.kind=mlp",)),
+        Step("latent_mim", "similarity constraint 0.1 (= latent_mim)", ("objectives.latent.similarity.coef=0.1",)),
+    )
+
+
+def main_runs(ds: DatasetSpec) -> list[RunSpec]:
+    gap = {"latent_mim": (f"masking.gap={ds.gap}",)}
+    return [RunSpec(ds.key, preset, preset, gap.get(preset, ())) for preset in MAIN_PRESETS]
+
+
+def ablation_runs(ds: DatasetSpec) -> list[RunSpec]:
+    """The progression's runs; its first and last rows are the main table's runs."""
+    main = {r.name: r for r in main_runs(ds)}
+    runs: list[RunSpec] = []
+    cumulative: dict[str, str] = {}
+    for step in progression(ds.gap):
+        cumulative.update(item.split("=", 1) for item in step.adds)
+        overrides = tuple(f"{k}={v}" for k, v in cumulative.items())
+        runs.append(main.get(step.name) or RunSpec(ds.key, step.name, "naive_latent_mim", overrides, ABLATION_EVAL))
+    return runs
+
+
+def build_plan(tables: Sequence[str] = ("main", "ablation"), ablation_dataset: str = DEFAULT_ABLATION_DATASET) -> Plan:
+    runs: dict[str, RunSpec] = {}
+    out: list[Table] = []
+    if "main" in tables:
+        for ds in DATASETS.values():
+            specs = main_runs(ds)
+            runs.update((r.key, r) for r in specs)
+            out.append(Table("main", f"Main table — {ds.title}", ds.key, tuple(Row(r.name, r.name) for r in specs)))
+    if "ablation" in tables:
+        ds = DATASETS[ablation_dataset]
+        for r in ablation_runs(ds):
+            runs.setdefault(r.key, r)
+        rows = tuple(Row(s.name, s.label, " ".join(s.adds)) for s in progression(ds.gap))
+        out.append(Table("ablation", f"Ablation — the Latent MIM challenge progression on {ds.title}", ds.key, rows))
+    return Plan(tuple(runs.values()), tuple(out))
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the command line sets for every run."""
+
+    sources: Mapping[str, str]  # dataset -> data source as passed to train.py
+    out: Path
+    model: str = "vit_tiny_patch16_224"
+    epochs: Mapping[str, int] = field(default_factory=lambda: {k: d.epochs for k, d in DATASETS.items()})
+    batch: int = 256
+    workers: int | None = None
+    overlay: str | None = None
+    overrides: tuple[str, ...] = ()
+    eval_args: tuple[str, ...] = ()
+    processes: int = 1
+    python: str = sys.executable
+
+    def run_dir(self, run: RunSpec) -> Path:
+        return self.out / run.dataset / run.name
+
+
+def rel(path: Path | str) -> str:
+    """A path as the commands (run from the repository root) spell it."""
+    p = Path(path).absolute()
+    try:
+        return str(p.relative_to(ROOT))
+    except ValueError:
+        return str(p)
+
+
+def warmup_epochs(epochs: int) -> float:
+    return round(epochs * WARMUP_FRACTION, 3)
+
+
+def common_overrides(ds: DatasetSpec, s: Settings) -> list[str]:
+    epochs = s.epochs[ds.key]
+    out = [
+        f"model.name={s.model}",
+        f"model.patch_size={ds.patch}",
+        f"model.img_size={ds.native}",
+        f"train.batch_size={s.batch}",
+        f"train.epochs={epochs}",
+        f"train.warmup_epochs={warmup_epochs(epochs)}",
+        f"train.save_every={SAVE_EVERY}",
+        "train.keep_last=1",
+    ]
+    if s.workers is not None:
+        out.append(f"data.num_workers={s.workers}")
+    return out
+
+
+def preset_expr(run: RunSpec, s: Settings) -> str:
+    return f"{run.preset}+{s.overlay}" if s.overlay else run.preset
+
+
+def run_overrides(run: RunSpec, s: Settings) -> list[str]:
+    return [*common_overrides(DATASETS[run.dataset], s), *run.overrides, *s.overrides]
+
+
+def launcher(script: str, s: Settings) -> list[str]:
+    if s.processes == 1:
+        return [s.python, script]
+    return [s.python, "-m", "accelerate.commands.launch", "--num_processes", str(s.processes), "--num_machines", "1",
+            "--dynamo_backend", "no", script]
+
+
+def train_command(run: RunSpec, s: Settings, resume: bool = False) -> list[str]:
+    cmd = [*launcher("train.py", s), "--preset", preset_expr(run, s), "--data", s.sources[run.dataset], "--output", rel(s.run_dir(run))]
+    return cmd + (["--resume", "latest"] if resume else []) + run_overrides(run, s)
+
+
+def eval_command(run: RunSpec, s: Settings) -> list[str]:
+    d = s.run_dir(run)
+    return [*launcher("scripts/evaluate.py", s), "--checkpoint", rel(d), "--data", s.sources[run.dataset],
+            "--out", rel(d / "metrics.json"), *run.eval_args, *s.eval_args]
+
+
+def display(argv: Sequence[str], python: str = sys.executable) -> str:
+    return shlex.join(["python" if a == python else a for a in argv])
+
+
+def planned_config(run: RunSpec, s: Settings) -> dict[str, Any]:
+    return load_config(preset_expr(run, s), run_overrides(run, s)).to_dict()
+
+
+# --------------------------------------------------------------------------- state on disk
+
+# keys that may differ between sessions without changing the experiment
+OPERATIONAL_KEYS = frozenset({
+    "preset", "data.source", "data.num_workers", "train.output_dir", "train.trackers", "train.log_every",
+    "train.save_every", "train.keep_last",
+})
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, Mapping):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_diff(saved: Mapping[str, Any], planned: Mapping[str, Any]) -> list[str]:
+    """Dotted keys whose values differ, operational keys aside."""
+    a, b = flatten(saved), flatten(planned)
+    return sorted(k for k in a.keys() | b.keys() if k not in OPERATIONAL_KEYS and a.get(k) != b.get(k))
+
+
+@dataclass(frozen=True)
+class RunState:
+    trained: bool = False  # summary.json
+    evaluated: bool = False  # metrics.json
+    checkpoint: bool = False  # a complete checkpoints/step_* to resume from
+    stale: tuple[str, ...] = ()  # config keys in which the directory's run differs from the plan
+
+    @property
+    def done(self) -> bool:
+        return self.trained and self.evaluated and not self.stale
+
+
+def inspect_run(run_dir: Path, planned: Mapping[str, Any] | None = None) -> RunState:
+    stale: tuple[str, ...] = ()
+    saved = run_dir / "config.yaml"
+    if planned is not None and saved.is_file():
+        stale = tuple(config_diff(yaml.safe_load(saved.read_text()) or {}, planned))
+    return RunState(
+        trained=(run_dir / "summary.json").is_file(),
+        evaluated=(run_dir / "metrics.json").is_file(),
+        checkpoint=bool(step_dirs(run_dir)),
+        stale=stale,
+    )
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def load_timing(run_dir: Path) -> dict[str, Any]:
+    data = read_json(run_dir / "timing.json")
+    return data if isinstance(data, dict) and isinstance(data.get("attempts"), list) else {"attempts": []}
+
+
+def phase_seconds(timing: Mapping[str, Any], phase: str) -> float:
+    return sum(a.get("seconds") or 0.0 for a in timing["attempts"] if a.get("phase") == phase)
+
+
+def median_images_per_s(run_dir: Path) -> float | None:
+    path = run_dir / "log.jsonl"
+    if not path.is_file():
+        return None
+    rates = []
+    for line in path.read_text().splitlines():
+        try:
+            rate = json.loads(line).get("images_per_s")
+        except (json.JSONDecodeError, AttributeError):
+            continue
+        if isinstance(rate, (int, float)):
+            rates.append(float(rate))
+    return statistics.median(rates) if rates else None
+
+
+# --------------------------------------------------------------------------- running
+
+Runner = Callable[[list[str], Path, Callable[[float], None]], int]
+TICK_S = 15.0
+
+
+def run_logged(argv: list[str], log_path: Path, tick: Callable[[float], None]) -> int:
+    """Run ``argv`` from the repository root, stdout and stderr appended to ``log_path``;
+    ``tick(elapsed)`` every TICK_S seconds so a killed session still leaves its wall time."""
+    with log_path.open("a") as log:
+        log.write(f"\n$ {display(argv)}\n")
+        log.flush()
+        start = time.monotonic()
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            while True:
+                try:
+                    return proc.wait(timeout=TICK_S)
+                except subprocess.TimeoutExpired:
+                    tick(time.monotonic() - start)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def tail(path: Path, lines: int = 25, width: int = 400) -> str:
+    """The last non-empty lines of a log (progress-bar carriage returns split into lines)."""
+    if not path.is_file():
+        return "(no output)"
+    text = path.read_text(errors="replace").replace("\r", "\n")
+    kept = [line[:width] for line in text.splitlines() if line.strip()][-lines:]
+    return "\n".join("    " + line for line in kept)
+
+
+def attempt(run_dir: Path, phase: str, argv: list[str], device: str, runner: Runner, python: str) -> int:
+    """Run one phase (train or eval), recording it in timing.json as it goes."""
+    timing = load_timing(run_dir)
+    record: dict[str, Any] = {
+        "phase": phase, "command": display(argv, python), "resumed": "--resume" in argv, "device": device,
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seconds": 0.0, "returncode": None,
+    }
+    timing["attempts"].append(record)
+    path = run_dir / "timing.json"
+    write_json(path, timing)
+
+    def tick(elapsed: float) -> None:
+        record["seconds"] = round(elapsed, 1)
+        write_json(path, timing)
+
+    start = time.monotonic()
+    try:
+        rc = runner(argv, run_dir / f"{phase}.log", tick)
+    finally:
+        record["seconds"] = round(time.monotonic() - start, 1)
+        write_json(path, timing)
+    record["returncode"] = rc
+    write_json(path, timing)
+    return rc
+
+
+@dataclass
+class Budget:
+    """Start no run once ``limit_s`` is spent, nor one that the mean duration of this
+    invocation's finished runs on the same dataset says would end past it."""
+
+    limit_s: float | None
+    start: float = field(default_factory=time.monotonic)
+    durations: dict[str, list[float]] = field(default_factory=dict)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def record(self, dataset: str, seconds: float) -> None:
+        self.durations.setdefault(dataset, []).append(seconds)
+
+    def refusal(self, dataset: str) -> str | None:
+        if self.limit_s is None:
+            return None
+        spent = self.elapsed()
+        if spent >= self.limit_s:
+            return f"time budget spent ({spent / 60:.1f} of {self.limit_s / 60:.1f} min)"
+        past = self.durations.get(dataset)
+        if past and spent + statistics.mean(past) > self.limit_s:
+            return (f"{self.limit_s / 60 - spent / 60:.1f} min of budget left, runs on {dataset} took "
+                    f"{statistics.mean(past) / 60:.1f} min on average")
+        return None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    run: str
+    status: str  # done | skipped | failed | deferred | stale
+    message: str = ""
+
+
+def process_run(run: RunSpec, s: Settings, device: str, budget: Budget, runner: Runner,
+                show: Callable[[str], None] = print) -> Outcome:
+    d = s.run_dir(run)
+    state = inspect_run(d, planned_config(run, s))
+    if state.stale:
+        msg = (f"{d} holds a run with a different config ({', '.join(state.stale[:6])}); "
+               "use another --out or remove that directory")
+        show(f"[{run.key}] STALE: {msg}")
+        return Outcome(run.key, "stale", msg)
+    if state.done:
+        show(f"[{run.key}] done, skipped")
+        return Outcome(run.key, "skipped")
+    refusal = budget.refusal(run.dataset)
+    if refusal:
+        show(f"[{run.key}] not started: {refusal}")
+        return Outcome(run.key, "deferred", refusal)
+    d.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    phases = ([] if state.trained else [("train", train_command(run, s, resume=state.checkpoint))]) + [("eval", eval_command(run, s))]
+    for phase, argv in phases:
+        if phase == "eval" and (d / "metrics.json").is_file():
+            break
+        show(f"[{run.key}] {phase}{' (resuming)' if '--resume' in argv else ''}: {display(argv, s.python)}")
+        rc = attempt(d, phase, argv, device, runner, s.python)
+        expected = d / ("summary.json" if phase == "train" else "metrics.json")
+        if rc != 0 or not expected.is_file():
+            why = f"exit {rc}" if rc != 0 else f"exit 0 but no {expected.name}"
+            show(f"[{run.key}] FAILED in {phase} ({why}); last lines of {d / f'{phase}.log'}:\n{tail(d / f'{phase}.log')}")
+            return Outcome(run.key, "failed", f"{phase}: {why}")
+    budget.record(run.dataset, time.monotonic() - start)
+    show(f"[{run.key}] finished in {time.monotonic() - start:.0f} s")
+    return Outcome(run.key, "done")
+
+
+def detect_device(processes: int = 1) -> str:
+    """The GPU name(s) from nvidia-smi, else the CPU model."""
+    name = ""
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
+            names = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+            name = names[0] if names else ""
+        except (OSError, subprocess.SubprocessError):
+            name = ""
+    if not name:
+        name = cpu_model() + " (CPU)"
+    return f"{processes} × {name}" if processes > 1 else name
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+# --------------------------------------------------------------------------- claims
+
+COLLAPSE_SIM = 0.90  # naive pooled-feature similarity at or above this ...
+NEAR_CHANCE = 5.0  # ... and its NN at most chance + this many points: collapsed
+CLEARLY = 2.0  # "clearly higher": by at least this many points
+COMPETITIVE = 1.0  # "competitive": within this many points of the best
+
+
+@dataclass(frozen=True)
+class Claim:
+    title: str
+    rule: str
+    verdict: str  # "reproduced" | "not reproduced" | "pending (...)"
+    detail: str = ""
+
+
+def _value(metrics: Mapping[str, Mapping[str, Any] | None], run: str, key: str) -> float | None:
+    m = metrics.get(run)
+    v = m.get(key) if m else None
+    return float(v) if isinstance(v, (int, float)) else None
+
+
+def _claim(title: str, rule: str, metrics: Mapping[str, Mapping[str, Any] | None], needs: Sequence[tuple[str, str]],
+           test: Callable[[dict[tuple[str, str], float]], tuple[bool, str]]) -> Claim:
+    values = {(run, key): _value(metrics, run, key) for run, key in needs}
+    missing = [f"{key} of {run}" for (run, key), v in values.items() if v is None]
+    if missing:
+        return Claim(title, rule, f"pending (missing: {', '.join(missing)})")
+    ok, detail = test(values)  # type: ignore[arg-type]
+    return Claim(title, rule, "reproduced" if ok else "not reproduced", detail)
+
+
+def evaluate_claims(metrics: Mapping[str, Mapping[str, Any] | None], num_classes: int = 10) -> list[Claim]:
+    """The issue's claims, each decided by a fixed rule on the main table's metrics
+    (keyed by preset name; NN / linear in percent, Sim a cosine)."""
+    chance = 100.0 / num_classes
+
+    def collapse(v: dict) -> tuple[bool, str]:
+        sim, nn = v["naive_latent_mim", "sim"], v["naive_latent_mim", "nn"]
+        return sim >= COLLAPSE_SIM and nn <= chance + NEAR_CHANCE, f"naive Sim {sim:.3f}, NN {nn:.1f} (chance {chance:.1f})"
+
+    def nn_gap(v: dict) -> tuple[bool, str]:
+        lm, mae = v["latent_mim", "nn"], v["mae", "nn"]
+        return lm >= mae + CLEARLY, f"NN latent_mim {lm:.1f} vs mae {mae:.1f} ({lm - mae:+.1f})"
+
+    def linear_at_least(v: dict) -> tuple[bool, str]:
+        lm, mae = v["latent_mim", "linear"], v["mae", "linear"]
+        return lm >= mae, f"linear latent_mim {lm:.1f} vs mae {mae:.1f} ({lm - mae:+.1f})"
+
+    def pilamim(v: dict) -> tuple[bool, str]:
+        p, best = v["pilamim", "linear"], max(v["mae", "linear"], v["latent_mim", "linear"])
+        return p >= best - COMPETITIVE, f"linear pilamim {p:.1f} vs best of mae / latent_mim {best:.1f} ({p - best:+.1f})"
+
+    return [
+        _claim("the naive baseline collapses",
+               f"naive Sim ≥ {COLLAPSE_SIM:.2f} and naive NN ≤ chance + {NEAR_CHANCE:g} points",
+               metrics, [("naive_latent_mim", "sim"), ("naive_latent_mim", "nn")], collapse),
+        _claim("latent_mim has a clearly higher NN than mae", f"NN(latent_mim) ≥ NN(mae) + {CLEARLY:g}",
+               metrics, [("latent_mim", "nn"), ("mae", "nn")], nn_gap),
+        _claim("latent_mim's linear probe is at least mae's", "linear(latent_mim) ≥ linear(mae)",
+               metrics, [("latent_mim", "linear"), ("mae", "linear")], linear_at_least),
+        _claim("pilamim is competitive or better on the linear probe",
+               f"linear(pilamim) ≥ max(linear(mae), linear(latent_mim)) − {COMPETITIVE:g}",
+               metrics, [("pilamim", "linear"), ("mae", "linear"), ("latent_mim", "linear")], pilamim),
+    ]
+
+
+# --------------------------------------------------------------------------- the report
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What is on disk for one planned run."""
+
+    state: RunState
+    metrics: Mapping[str, Any] | None = None
+    summary: Mapping[str, Any] | None = None
+    timing: Mapping[str, Any] = field(default_factory=lambda: {"attempts": []})
+    images_per_s: float | None = None
+
+    @property
+    def status(self) -> str:
+        if self.state.stale:
+            return f"stale config ({', '.join(self.state.stale[:3])})"
+        if self.state.done:
+            return "done"
+        last = self.timing["attempts"][-1] if self.timing["attempts"] else None
+        if last and last.get("returncode") not in (0, None):
+            return f"failed ({last['phase']}, exit {last['returncode']})"
+        if last and last.get("returncode") is None:
+            return f"interrupted ({last['phase']})"
+        if self.state.trained:
+            return "eval pending"
+        return "partial" if self.state.checkpoint else "pending"
+
+    def metric(self, key: str) -> float | None:
+        if self.state.stale or not self.metrics:
+            return None
+        v = self.metrics.get(key)
+        return float(v) if isinstance(v, (int, float)) else None
+
+
+def collect(plan: Plan, s: Settings) -> dict[str, RunRecord]:
+    records = {}
+    for run in plan.runs:
+        d = s.run_dir(run)
+        try:
+            planned = planned_config(run, s)
+        except ConfigError:
+            planned = None
+        records[run.key] = RunRecord(
+            state=inspect_run(d, planned),
+            metrics=read_json(d / "metrics.json"),
+            summary=read_json(d / "summary.json"),
+            timing=load_timing(d),
+            images_per_s=median_images_per_s(d),
+        )
+    return records
+
+
+def fmt(v: float | None, digits: int = 1) -> str:
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+def fmt_time(seconds: float) -> str:
+    if not seconds:
+        return "—"
+    m, sec = divmod(int(round(seconds)), 60)
+    return f"{m}m{sec:02d}s" if m else f"{sec}s"
+
+
+def fmt_fewshot(r: RunRecord) -> str:
+    mean, std = r.metric("fewshot"), r.metric("fewshot_std")
+    return fmt(mean) if mean is None or std is None else f"{mean:.1f} ± {std:.1f}"
+
+
+def table_md(table: Table, records: Mapping[str, RunRecord], plan: Plan) -> list[str]:
+    recs = [records[plan.run(table.dataset, row.run).key] for row in table.rows]
+    fewshot = any(r.metric("fewshot") is not None for r in recs)
+    linear = table.key == "main" or any(r.metric("linear") is not None for r in recs)
+    progression_cols = table.key == "ablation"
+    head = (["#", "row", "switch", "run", "NN", "ΔNN"] if progression_cols else ["run", "NN"]) + ["k-NN"]
+    head += (["linear"] if linear else []) + (["few-shot"] if fewshot else []) + ["Sim", "train", "eval", "status"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    previous: float | None = None
+    for i, (row, r) in enumerate(zip(table.rows, recs)):
+        nn = r.metric("nn")
+        switch = f"`{row.change}`" if row.change else "(preset)"
+        cells = [str(i), row.label, switch, f"`{row.run}`", fmt(nn)] if progression_cols else [f"`{row.run}`", fmt(nn)]
+        if progression_cols:
+            cells.append("" if i == 0 else ("—" if nn is None or previous is None else f"{nn - previous:+.1f}"))
+        cells.append(fmt(r.metric("knn")))
+        cells += ([fmt(r.metric("linear"))] if linear else []) + ([fmt_fewshot(r)] if fewshot else [])
+        cells += [fmt(r.metric("sim"), 3), fmt_time(phase_seconds(r.timing, "train")), fmt_time(phase_seconds(r.timing, "eval")), r.status]
+        lines.append("| " + " | ".join(cells) + " |")
+        previous = nn
+    return lines
+
+
+def claims_md(plan: Plan, records: Mapping[str, RunRecord]) -> list[str]:
+    lines = ["## Claims", "",
+             "Each verdict is computed from the main table by the rule shown (NN, linear in top-1 %; Sim a cosine); "
+             "nothing here is edited by hand.", ""]
+    mains = [t for t in plan.tables if t.key == "main"]
+    if not mains:
+        return lines + ["No main table in this plan (`--tables main`), so no claim is checked.", ""]
+    for t in mains:
+        ds = DATASETS[t.dataset]
+        recs = {row.run: records[f"{t.dataset}/{row.run}"] for row in t.rows}
+        metrics = {name: None if r.state.stale else r.metrics for name, r in recs.items()}
+        lines += [f"**{ds.title}**", ""]
+        for c in evaluate_claims(metrics, ds.num_classes):
+            lines.append(f"- {c.title} — rule: {c.rule} — **{c.verdict}**" + (f" ({c.detail})" if c.detail else ""))
+        lines.append("")
+    return lines
+
+
+def commands_md(plan: Plan, records: Mapping[str, RunRecord], s: Settings) -> list[str]:
+    lines = ["## Commands", "",
+             "Run from the repository root. Commands that ran are listed as recorded in each run's `timing.json` "
+             "(a `--resume` line continues an interrupted run); the others are the planned ones.", ""]
+    for ds in DATASETS:
+        runs = [r for r in plan.runs if r.dataset == ds]
+        if not runs:
+            continue
+        lines += ["```bash"]
+        for run in runs:
+            attempts = records[run.key].timing["attempts"]
+            lines.append(f"# {run.key}")
+            ran = list(dict.fromkeys(a["command"] for a in attempts))
+            lines += ran or [display(train_command(run, s), s.python) + "   # planned",
+                             display(eval_command(run, s), s.python) + "   # planned"]
+        lines += ["```", ""]
+    return lines
+
+
+def details_md(plan: Plan, records: Mapping[str, RunRecord]) -> list[str]:
+    head = ["run", "steps", "epochs", "img/s (median)", "train", "eval", "attempts", "device"]
+    lines = ["## Runs", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for run in plan.runs:
+        r = records[run.key]
+        summ, attempts = r.summary or {}, r.timing["attempts"]
+        devices = ", ".join(dict.fromkeys(a.get("device", "?") for a in attempts)) or "—"
+        lines.append("| " + " | ".join([
+            f"`{run.key}`", str(summ.get("steps", "—")), str(summ.get("epochs", "—")),
+            fmt(r.images_per_s, 0), fmt_time(phase_seconds(r.timing, "train")), fmt_time(phase_seconds(r.timing, "eval")),
+            str(len(attempts)), devices,
+        ]) + " |")
+    return lines + [""]
+
+
+def render_results(plan: Plan, records: Mapping[str, RunRecord], s: Settings, invocation: str = "") -> str:
+    devices = list(dict.fromkeys(a.get("device", "?") for r in records.values() for a in r.timing["attempts"]))
+    epochs = ", ".join(f"{DATASETS[k].title} {v}" for k, v in s.epochs.items())
+    lines = [
+        "# Reproduction results",
+        "",
+        "Written by `scripts/reproduce.py` from the runs under "
+        f"`{rel(s.out)}` ({datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}); do not edit by hand — rerun "
+        "`python scripts/reproduce.py --report-only` (with the same plan options) to refresh it. "
+        "How the plan is built: `docs/reproduce.md`.",
+        "",
+        f"- Device: {', '.join(devices) if devices else '— (nothing has run yet)'}",
+        f"- Encoder: `{s.model}`" + (f" + overlay `{s.overlay}`" if s.overlay else "")
+        + f"; batch {s.batch}; epochs: {epochs}; warm-up {WARMUP_FRACTION:.0%} of the epochs; "
+        "every other setting from each preset",
+        f"- Extra overrides: {' '.join(f'`{o}`' for o in s.overrides) if s.overrides else 'none'}",
+        "- Evaluation (`scripts/evaluate.py`): "
+        + ", ".join(f"{key} `{' '.join(args)}`" for key, args in (("main", MAIN_EVAL), ("ablation", ABLATION_EVAL))
+                    if any(t.key == key for t in plan.tables))
+        + (f", then `{shlex.join(s.eval_args)}`" if s.eval_args else "")
+        + "; NN is leave-one-out 1-NN on the test split (mean patch token before the final norm), "
+        "k-NN and linear are fitted on the train split, Sim is the mean pairwise cosine of pooled test features",
+    ]
+    if invocation:
+        lines.append(f"- Generated by: `{invocation}`")
+    lines.append("")
+    for t in plan.tables:
+        lines += [f"## {t.title}", "", f"{DATASETS[t.dataset].describe()}; chance {100 / DATASETS[t.dataset].num_classes:.1f} %.", ""]
+        if t.key == "ablation":
+            lines += ["Each row adds one switch to the previous row (overrides on `naive_latent_mim`); the first and last "
+                      "rows are the main table's `naive_latent_mim` and `latent_mim` runs. ΔNN is against the previous row.", ""]
+        lines += table_md(t, records, plan) + [""]
+    lines += claims_md(plan, records) + details_md(plan, records) + commands_md(plan, records, s)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+SMALL_FILES = ("config.yaml", "summary.json", "metrics.json", "timing.json", "log.jsonl", "train.log", "eval.log")
+
+
+def export(plan: Plan, s: Settings, results: Path, dest: Path) -> None:
+    """Copy results.md and each run's small files (no checkpoints, no encoder) under ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if results.is_file():
+        shutil.copy2(results, dest / "results.md")
+    for run in plan.runs:
+        src = s.run_dir(run)
+        for name in SMALL_FILES:
+            if (src / name).is_file():
+                target = dest / "runs" / run.dataset / run.name / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src / name, target)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def comma_list(text: str, valid: Iterable[str], flag: str) -> list[str]:
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    valid = list(valid)
+    bad = [x for x in items if x not in valid]
+    if bad:
+        raise SystemExit(f"error: {flag}: unknown {', '.join(bad)}; choose from {', '.join(valid)}")
+    return items
+
+
+def parse_epochs(text: str | None) -> dict[str, int]:
+    epochs = {k: d.epochs for k, d in DATASETS.items()}
+    if not text:
+        return epochs
+    try:
+        if "=" not in text:
+            return dict.fromkeys(epochs, int(text))
+        for item in text.split(","):
+            key, value = item.split("=", 1)
+            comma_list(key, DATASETS, "--epochs")
+            epochs[key.strip()] = int(value)
+    except ValueError:
+        raise SystemExit(f"error: --epochs: {text!r} is not N or cifar10=N,imagenette=M") from None
+    if any(v < 1 for v in epochs.values()):
+        raise SystemExit(f"error: --epochs: {text!r} must be >= 1")
+    return epochs
+
+
+def data_sources(args: argparse.Namespace) -> dict[str, str]:
+    out = {}
+    for key in DATASETS:
+        given = getattr(args, key)
+        source = given if given is not None else str(Path(args.data_root) / key)
+        out[key] = source if source == "embedded" else rel(source)
+    return out
+
+
+def missing_sources(datasets: Iterable[str], sources: Mapping[str, str]) -> list[str]:
+    return [
+        f"{key}: {(ROOT / sources[key]).resolve()} does not exist (give --data-root DIR holding {key}/ in the Hub's parquet "
+        f"layout, or --{key} DIR, or --{key} embedded)"
+        for key in datasets
+        if sources[key] != "embedded" and not (ROOT / sources[key]).exists()
+    ]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--data-root", default=str(ROOT / ".data"), help="folder holding cifar10/ and imagenette/ (default: .data)")
+    for key in DATASETS:
+        g.add_argument(f"--{key}", help=f"the {key} dataset dir (overrides --data-root), or 'embedded' for the shipped slice")
+    g = p.add_argument_group("plan")
+    g.add_argument("--tables", default="main,ablation", help="main, ablation or both (default: %(default)s)")
+    g.add_argument("--datasets", default=",".join(DATASETS), help="datasets to run (the report covers all; default: %(default)s)")
+    g.add_argument("--ablation-dataset", default=DEFAULT_ABLATION_DATASET, choices=list(DATASETS))
+    g.add_argument("--only", nargs="+", default=[], metavar="NAME", help="run only these runs (NAME or dataset/NAME)")
+    g.add_argument("--model", default="vit_tiny_patch16_224", help="timm ViT of every run (default: %(default)s)")
+    g.add_argument("--epochs", help="N for every dataset, or cifar10=N,imagenette=M (default: "
+                   + ",".join(f"{k}={d.epochs}" for k, d in DATASETS.items()) + ")")
+    g.add_argument("--batch", type=int, default=256, help="global batch of every run (default: %(default)s)")
+    g.add_argument("--workers", type=int, help="data.num_workers of every run (default: the presets')")
+    g.add_argument("--overlay", help="a preset stacked on every run's preset ('tiny' for smoke tests)")
+    g.add_argument("--eval-args", default="", help='extra scripts/evaluate.py arguments, e.g. "--max-train 5000"')
+    g.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides applied to every run")
+    g = p.add_argument_group("execution")
+    g.add_argument("--out", default=str(ROOT / "runs" / "reproduce"), help="runs go to OUT/<dataset>/<name> (default: runs/reproduce)")
+    g.add_argument("--results", default=str(ROOT / "docs" / "results.md"), help="the report to write (default: docs/results.md)")
+    g.add_argument("--dry-run", action="store_true", help="print the commands, run nothing, write nothing")
+    g.add_argument("--report-only", action="store_true", help="write the report from the runs on disk, run nothing")
+    g.add_argument("--time-budget", type=float, metavar="MIN", help="start no run past this many minutes")
+    g.add_argument("--processes", type=int, default=1, help="accelerate launch --num_processes N when N > 1")
+    g.add_argument("--export", metavar="DIR", help="after each run, copy the report and each run's small files to DIR")
+    args = p.parse_intermixed_args(argv)
+    moved = [x for x in args.only if "=" in x]  # key=value after --only NAME ... are overrides
+    args.only = [x for x in args.only if "=" not in x]
+    args.overrides = [*args.overrides, *moved]
+    if args.processes < 1 or args.batch < 1 or (args.workers is not None and args.workers < 0):
+        p.error("--processes and --batch must be >= 1, --workers >= 0")
+    return args
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    return Settings(
+        sources=data_sources(args),
+        out=Path(args.out).absolute(),
+        model=args.model,
+        epochs=parse_epochs(args.epochs),
+        batch=args.batch,
+        workers=args.workers,
+        overlay=args.overlay,
+        overrides=tuple(args.overrides),
+        eval_args=tuple(shlex.split(args.eval_args)),
+        processes=args.processes,
+    )
+
+
+def select(plan: Plan, datasets: Sequence[str], only: Sequence[str]) -> list[RunSpec]:
+    known = {r.name for r in plan.runs} | {r.key for r in plan.runs}
+    unknown = [x for x in only if x not in known]
+    if unknown:
+        raise SystemExit(f"error: --only: no run named {', '.join(unknown)} in this plan; runs: "
+                         + ", ".join(sorted({r.name for r in plan.runs})))
+    return [r for r in plan.runs if r.dataset in datasets and (not only or r.name in only or r.key in only)]
+
+
+def write_report(plan: Plan, s: Settings, results: Path, invocation: str, export_dir: str | None) -> None:
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(render_results(plan, collect(plan, s), s, invocation))
+    if export_dir:
+        export(plan, s, results, Path(export_dir))
+
+
+def dry_run(selection: Sequence[RunSpec], s: Settings, show: Callable[[str], None] = print) -> None:
+    for run in selection:
+        state = inspect_run(s.run_dir(run), planned_config(run, s))
+        status = "stale" if state.stale else "done" if state.done else "eval" if state.trained else \
+            "resume" if state.checkpoint else "new"
+        show(f"# {run.key} [{status}]")
+        if not state.trained:
+            show(display(train_command(run, s, resume=state.checkpoint), s.python))
+        show(display(eval_command(run, s), s.python))
+
+
+def main(argv: Sequence[str] | None = None, runner: Runner = run_logged) -> int:
+    args = parse_args(argv)
+    tables = comma_list(args.tables, ("main", "ablation"), "--tables")
+    datasets = comma_list(args.datasets, DATASETS, "--datasets")
+    s = settings_from(args)
+    plan = build_plan(tables, args.ablation_dataset)
+    results = Path(args.results)
+    invocation = display([sys.executable, "scripts/reproduce.py", *(argv if argv is not None else sys.argv[1:])])
+    if args.report_only:
+        write_report(plan, s, results, invocation, args.export)
+        print(f"wrote {results}")
+        return 0
+    selection = select(plan, datasets, args.only)
+    for run in selection:
+        try:
+            planned_config(run, s)
+        except ConfigError as e:
+            print(f"error: {run.key}: {e}", file=sys.stderr)
+            return 2
+    if args.dry_run:
+        dry_run(selection, s)
+        return 0
+    missing = missing_sources([k for k in DATASETS if any(r.dataset == k for r in selection)], s.sources)
+    if missing:
+        print("error: missing data\n  " + "\n  ".join(missing), file=sys.stderr)
+        return 2
+    device = detect_device(s.processes)
+    budget = Budget(args.time_budget * 60 if args.time_budget is not None else None)
+    print(f"{len(selection)} runs on {device}; results: {results}", flush=True)
+    outcomes = []
+    for run in selection:
+        outcomes.append(process_run(run, s, device, budget, runner, show=lambda m: print(m, flush=True)))
+        write_report(plan, s, results, invocation, args.export)
+    if not outcomes:
+        write_report(plan, s, results, invocation, args.export)
+    counts = {k: sum(o.status == k for o in outcomes) for k in ("done", "skipped", "failed", "deferred", "stale")}
+    print("summary: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + f"; wrote {results}")
+    if not counts["deferred"] and not counts["failed"] and not counts["stale"]:
+        print("all selected runs are complete")
+    return 1 if counts["failed"] or counts["stale"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

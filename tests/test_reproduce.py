@@ -1,0 +1,306 @@
+"""scripts/reproduce.py: the plan, its commands, the claim rules, the report, and the
+run / skip / resume / fail loop (tiny real runs on the embedded slice, and a fake runner)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mimkit.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_reproduce():
+    spec = importlib.util.spec_from_file_location("mimkit_script_reproduce", ROOT / "scripts" / "reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+rp = _load_reproduce()
+
+EVAL_ARGS = "--max-train 200 --max-eval 100 --protocols nn sim --num-workers 0 --batch-size 100"
+TINY = ["--cifar10", "embedded", "--imagenette", "embedded", "--overlay", "tiny", "--batch", "16", "--tables", "main",
+        "--datasets", "cifar10", "--eval-args", EVAL_ARGS, "train.max_steps=2", "data.num_workers=0", "train.trackers=[none]"]
+
+
+def settings(tmp_path: Path) -> rp.Settings:
+    return rp.Settings(sources={"cifar10": "embedded", "imagenette": "embedded"}, out=tmp_path / "runs")
+
+
+def cli(tmp_path: Path, *extra: str) -> list[str]:
+    return [*TINY, "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results.md"), *extra]
+
+
+def never(argv, log_path, tick):  # a runner for invocations that must start nothing
+    raise AssertionError(f"unexpected command: {argv}")
+
+
+def fake_runner(fail: set[str] = frozenset()):
+    """Writes what train.py / evaluate.py would (summary.json / metrics.json), or fails for runs named in ``fail``."""
+    calls: list[list[str]] = []
+
+    def run(argv, log_path, tick):
+        calls.append(argv)
+        if "train.py" in argv:
+            out = ROOT / argv[argv.index("--output") + 1]
+            if out.name in fail:
+                log_path.write_text("Traceback (most recent call last):\nRuntimeError: boom\n")
+                return 3
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "summary.json").write_text(json.dumps({"steps": 2, "epochs": 0.1}))
+        else:
+            target = ROOT / argv[argv.index("--out") + 1]
+            target.write_text(json.dumps({"nn": 30.0, "knn": 31.0, "linear": None, "sim": 0.4}))
+        return 0
+
+    run.calls = calls
+    return run
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+def test_plan_has_the_four_presets_per_dataset_and_the_progression():
+    plan = rp.build_plan()
+    mains = [t for t in plan.tables if t.key == "main"]
+    assert [t.dataset for t in mains] == ["cifar10", "imagenette"]
+    for t in mains:
+        assert [r.run for r in t.rows] == ["naive_latent_mim", "mae", "latent_mim", "pilamim"]
+    (abl,) = [t for t in plan.tables if t.key == "ablation"]
+    assert abl.dataset == "imagenette" and len(abl.rows) == 11
+    assert abl.rows[0].run == "naive_latent_mim" and abl.rows[-1].run == "latent_mim"
+    assert len(plan.runs) == len({r.key for r in plan.runs}) == 8 + 9  # first and last progression rows are shared
+    only_main = rp.build_plan(["main"])
+    assert len(only_main.runs) == 8 and all(t.key == "main" for t in only_main.tables)
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "imagenette"])
+def test_progression_switches_one_thing_per_row_and_ends_at_latent_mim(dataset, tmp_path):
+    s, ds = settings(tmp_path), rp.DATASETS[dataset]
+    plan = rp.build_plan(["main", "ablation"], ablation_dataset=dataset)
+    (abl,) = [t for t in plan.tables if t.key == "ablation"]
+    configs = [rp.planned_config(plan.run(dataset, row.run), s) for row in abl.rows]
+    steps = rp.progression(ds.gap)
+    for prev, cur, step in zip(configs, configs[1:], steps[1:]):
+        assert rp.config_diff(prev, cur) == sorted(item.split("=")[0] for item in step.adds), step.name
+    cumulative = [item for step in steps for item in step.adds]
+    walked = load_config("naive_latent_mim", rp.common_overrides(ds, s) + cumulative).to_dict()
+    assert rp.config_diff(walked, rp.planned_config(plan.run(dataset, "latent_mim"), s)) == []
+
+
+def test_geometry_is_a_14x14_grid_with_the_papers_patch_to_gap_ratio(tmp_path):
+    s = settings(tmp_path)
+    for ds in rp.DATASETS.values():
+        assert ds.grid == 14 and ds.patch == 4 * ds.gap
+        latent = load_config("latent_mim", rp.run_overrides(rp.RunSpec(ds.key, "latent_mim", "latent_mim", (f"masking.gap={ds.gap}",)), s))
+        assert (latent.model.img_size, latent.model.patch_size, latent.masking.gap) == (ds.native, ds.patch, ds.gap)
+        assert latent.model.name == "vit_tiny_patch16_224" and latent.train.batch_size == 256
+    assert [rp.DATASETS["cifar10"].crop(g) for g in (0, 1)] == [56, 70]
+    assert [rp.DATASETS["imagenette"].crop(g) for g in (0, 2)] == [112, 140]
+
+
+def test_commands_carry_the_plan_overrides_and_resume(tmp_path):
+    s = rp.Settings(sources={"cifar10": "data/c", "imagenette": "data/i"}, out=ROOT / "runs" / "x", processes=2,
+                    overrides=("train.max_steps=5",), eval_args=("--max-train", "10"), workers=3)
+    run = rp.build_plan().run("imagenette", "latent_mim")
+    train = rp.train_command(run, s, resume=True)
+    assert train[:2] == [sys.executable, "-m"] and train[train.index("--num_processes") + 1] == "2"
+    assert train[train.index("--output") + 1] == "runs/x/imagenette/latent_mim" and "--resume" in train
+    assert train[-2:] == ["masking.gap=2", "train.max_steps=5"] and "data.num_workers=3" in train
+    ev = rp.eval_command(run, s)
+    assert ev[ev.index("--out") + 1] == "runs/x/imagenette/latent_mim/metrics.json" and ev[-2:] == ["--max-train", "10"]
+    assert rp.display(train).startswith("python -m accelerate.commands.launch")
+
+
+def test_epochs_option():
+    assert rp.parse_epochs("7") == {"cifar10": 7, "imagenette": 7}
+    assert rp.parse_epochs("imagenette=50") == {"cifar10": 4, "imagenette": 50}
+    with pytest.raises(SystemExit):
+        rp.parse_epochs("imagenet=3")
+
+
+# --------------------------------------------------------------------------- claims and report
+
+
+GOOD = {
+    "naive_latent_mim": {"nn": 12.0, "sim": 0.97, "linear": 20.0},
+    "mae": {"nn": 30.0, "linear": 50.0, "sim": 0.3},
+    "latent_mim": {"nn": 32.0, "linear": 50.0, "sim": 0.4},
+    "pilamim": {"nn": 28.0, "linear": 49.0, "sim": 0.3},
+}
+
+
+def verdicts(metrics, num_classes=10):
+    return [c.verdict for c in rp.evaluate_claims(metrics, num_classes)]
+
+
+def test_claim_rules_on_hand_made_metrics():
+    assert verdicts(GOOD) == ["reproduced"] * 4  # every comparison exactly at its threshold
+    worse = {
+        "naive_latent_mim": {"nn": 15.1, "sim": 0.97},  # NN above chance + 5
+        "mae": {"nn": 30.0, "linear": 50.0},
+        "latent_mim": {"nn": 31.9, "linear": 49.9},
+        "pilamim": {"linear": 48.9},
+    }
+    assert verdicts(worse) == ["not reproduced"] * 4
+    assert verdicts({**GOOD, "naive_latent_mim": {"nn": 10.0, "sim": 0.89}})[0] == "not reproduced"
+    assert verdicts({**GOOD, "naive_latent_mim": {"nn": 24.0, "sim": 0.95}}, num_classes=5)[0] == "reproduced"  # chance 20
+    pending = verdicts({"mae": GOOD["mae"], "latent_mim": {"nn": 40.0}, "pilamim": None})
+    assert pending[0] == "pending (missing: sim of naive_latent_mim, nn of naive_latent_mim)"
+    assert pending[1] == "reproduced"
+    assert pending[2].startswith("pending (missing: linear of latent_mim")
+    assert pending[3].startswith("pending") and "linear of pilamim" in pending[3]
+
+
+def test_report_shows_missing_failed_and_claims(tmp_path):
+    s = settings(tmp_path)
+    plan = rp.build_plan()
+    records = {r.key: rp.RunRecord(rp.RunState()) for r in plan.runs}
+    done = rp.RunState(trained=True, evaluated=True)
+    for name, metrics in GOOD.items():
+        records[f"cifar10/{name}"] = rp.RunRecord(done, metrics, {"steps": 10},
+                                                  {"attempts": [{"phase": "train", "command": f"python train.py {name}", "seconds": 75.0,
+                                                                 "returncode": 0, "device": "GPU X"}]})
+    records["imagenette/mae"] = rp.RunRecord(rp.RunState(), timing={"attempts": [
+        {"phase": "train", "command": "python train.py mae", "seconds": 3.0, "returncode": 3, "device": "GPU X"}]})
+    text = rp.render_results(plan, records, s, "python scripts/reproduce.py")
+    assert "| `latent_mim` | 32.0 | — | 50.0 | 0.400 | 1m15s | — | done |" in text
+    assert "failed (train, exit 3)" in text and "Device: GPU X" in text
+    assert "**CIFAR-10**" in text and text.count("**reproduced**") == 4
+    assert "the naive baseline collapses" in text and "**pending (missing:" in text  # Imagenette
+    assert "## Ablation — the Latent MIM challenge progression on Imagenette" in text
+    assert "python train.py latent_mim" in text  # a command that ran
+    assert "python train.py --preset pilamim --data embedded" in text and "# planned" in text  # the others as planned
+
+
+# --------------------------------------------------------------------------- the loop with a fake runner
+
+
+def test_dry_run_prints_every_command_and_runs_nothing(tmp_path, capsys):
+    args = ["--dry-run", "--cifar10", "embedded", "--imagenette", "embedded", "--out", str(tmp_path / "runs"),
+            "--results", str(tmp_path / "results.md")]
+    assert rp.main(args, runner=never) == 0
+    out = capsys.readouterr().out
+    for run in rp.build_plan().runs:
+        assert f"# {run.key} [new]" in out
+        assert f"--output {tmp_path / 'runs' / run.dataset / run.name} " in out
+        assert f"--out {tmp_path / 'runs' / run.dataset / run.name / 'metrics.json'}" in out
+    assert out.count("python train.py ") == out.count("python scripts/evaluate.py ") == 17
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_run_is_reported_and_the_next_one_runs(tmp_path, capsys):
+    runner = fake_runner(fail={"naive_latent_mim"})
+    export = tmp_path / "export"
+    assert rp.main(cli(tmp_path, "--only", "naive_latent_mim", "mae", "--export", str(export)), runner=runner) == 1
+    out = capsys.readouterr().out
+    assert "[cifar10/naive_latent_mim] FAILED in train (exit 3)" in out and "RuntimeError: boom" in out
+    assert len(runner.calls) == 3  # naive train, mae train + eval
+    text = (tmp_path / "results.md").read_text()
+    assert "| `naive_latent_mim` | — | — | — | — |" in text and "failed (train, exit 3)" in text
+    assert "| `mae` | 30.0 | 31.0 | — | 0.400 |" in text
+    timing = json.loads((tmp_path / "runs" / "cifar10" / "naive_latent_mim" / "timing.json").read_text())
+    assert [a["returncode"] for a in timing["attempts"]] == [3]
+    assert (export / "results.md").read_text() == text
+    assert (export / "runs" / "cifar10" / "mae" / "metrics.json").is_file()
+
+
+def test_time_budget_starts_nothing_once_spent(tmp_path, capsys):
+    assert rp.main(cli(tmp_path, "--time-budget", "0"), runner=never) == 0
+    assert "not started: time budget spent" in capsys.readouterr().out
+    assert "| `mae` | — |" in (tmp_path / "results.md").read_text()
+
+
+def test_budget_refuses_a_run_that_would_end_past_it():
+    budget = rp.Budget(limit_s=100.0)
+    assert budget.refusal("cifar10") is None
+    budget.record("cifar10", 150.0)
+    assert "on average" in budget.refusal("cifar10")
+    assert budget.refusal("imagenette") is None
+
+
+def test_missing_dataset_dir_is_named(tmp_path, capsys):
+    args = ["--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "r.md")]
+    assert rp.main(args, runner=never) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "nowhere" / "cifar10") in err and str(tmp_path / "nowhere" / "imagenette") in err
+
+
+# --------------------------------------------------------------------------- real tiny runs
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """naive_latent_mim and mae on the embedded slice: 2 steps of the tiny overlay, a small eval."""
+    tmp = tmp_path_factory.mktemp("reproduce")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        rc = rp.main(cli(tmp, "--only", "naive_latent_mim", "mae"))
+    return tmp, rc
+
+
+@pytest.mark.slow
+def test_two_rows_write_metrics_timing_and_the_report(two_runs):
+    tmp, rc = two_runs
+    assert rc == 0
+    for name in ("naive_latent_mim", "mae"):
+        d = tmp / "runs" / "cifar10" / name
+        metrics = json.loads((d / "metrics.json").read_text())
+        assert isinstance(metrics["nn"], float) and isinstance(metrics["sim"], float)
+        timing = json.loads((d / "timing.json").read_text())
+        assert [(a["phase"], a["returncode"]) for a in timing["attempts"]] == [("train", 0), ("eval", 0)]
+        assert all(a["seconds"] > 0 and a["device"] for a in timing["attempts"])
+        assert timing["attempts"][0]["command"].startswith("python train.py --preset " + name + "+tiny --data embedded")
+        assert yaml.safe_load((d / "config.yaml").read_text())["model"]["img_size"] == 56
+    text = (tmp / "results.md").read_text()
+    for name in ("naive_latent_mim", "mae"):
+        row = next(line for line in text.splitlines() if line.startswith(f"| `{name}` |"))
+        assert row.endswith("| done |") and "| — | — | — |" not in row
+    assert "## Claims" in text and "**pending (missing: linear of latent_mim" in text
+
+
+@pytest.mark.slow
+def test_second_invocation_skips_finished_runs(two_runs, capsys):
+    tmp, _ = two_runs
+    d = tmp / "runs" / "cifar10" / "mae"
+    before = {p.name: p.stat().st_mtime_ns for p in (d / "summary.json", d / "metrics.json", d / "timing.json")}
+    assert rp.main(cli(tmp, "--only", "naive_latent_mim", "mae"), runner=never) == 0
+    out = capsys.readouterr().out
+    assert "[cifar10/mae] done, skipped" in out and "all selected runs are complete" in out
+    assert before == {p.name: p.stat().st_mtime_ns for p in (d / "summary.json", d / "metrics.json", d / "timing.json")}
+    assert rp.main(cli(tmp, "--only", "mae", "--report-only", "--results", str(tmp / "again.md")), runner=never) == 0
+    assert "| `mae` |" in (tmp / "again.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_different_config_in_the_run_dir_is_refused(two_runs, capsys):
+    tmp, _ = two_runs
+    assert rp.main(cli(tmp, "--only", "mae", "train.max_steps=3"), runner=never) == 1
+    assert "[cifar10/mae] STALE" in capsys.readouterr().out
+    assert "stale config (train.max_steps)" in (tmp / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_checkpoint_without_summary_is_resumed(two_runs, tmp_path):
+    src, _ = two_runs
+    shutil.copytree(src / "runs", tmp_path / "runs")
+    d = tmp_path / "runs" / "cifar10" / "naive_latent_mim"
+    (d / "summary.json").unlink()
+    shutil.rmtree(d / "encoder")
+    assert rp.step_dirs(d)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        assert rp.main(cli(tmp_path, "--only", "naive_latent_mim")) == 0
+    attempts = json.loads((d / "timing.json").read_text())["attempts"]
+    assert [(a["phase"], a["resumed"]) for a in attempts] == [("train", False), ("eval", False), ("train", True)]
+    assert " --resume latest " in attempts[-1]["command"] and attempts[-1]["returncode"] == 0
+    assert (d / "summary.json").is_file() and (d / "encoder").is_dir()
