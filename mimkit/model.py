@@ -5,7 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from timm.models.vision_transformer import Block
+
 from objectives import OBJECTIVES, Context
+from objectives.decoders import CrossBlock
 
 from .config import ConfigError, RunConfig
 from .encoder import ContextEncoder, Geometry, build_vit, resolve_geometry
@@ -125,6 +128,18 @@ class MIMModel(nn.Module):
         for head in self.heads.values():
             for target, online in head.ema_pairs():
                 ema_(target, online, momentum)
+
+    def compile_blocks(self, **compile_kwargs) -> int:
+        """``torch.compile`` each transformer block in place (encoders and decoders); returns how many.
+
+        Blocks hold nearly all the FLOPs and see only a few sequence lengths (visible, target,
+        full), so they compile once per length, while masking, gathers and losses stay eager
+        and the step's Python-side schedule values never trigger recompilation.
+        """
+        blocks = [m for m in self.modules() if isinstance(m, (Block, CrossBlock))]
+        for block in blocks:
+            block.compile(**compile_kwargs)
+        return len(blocks)
 
     def encoder_state_dict(self) -> dict[str, Tensor]:
         """The context encoder's weights under timm's own names."""

@@ -199,6 +199,8 @@ class Trainer:
         set_seed(tr.seed)
         splits = load_splits(cfg.data)  # fails before any training on a bad source, split or column
         model = build_model(cfg)
+        if tr.compile:
+            log.info("train.compile: compiled %d transformer blocks", model.compile_blocks())
         self.train_set = splits.dataset(splits.train, train_transform(model.input_size, cfg.data), seed=tr.seed, on_error="substitute")
         self.plan = make_plan(cfg, accelerator.num_processes, len(self.train_set))
         self.eval_set = _eval_dataset(cfg, splits, model)

@@ -92,3 +92,17 @@ def test_encoder_state_dict_loads_into_plain_timm():
     vit.load_state_dict(model.encoder_state_dict())
     x = torch.randn(1, 3, 32, 32)
     torch.testing.assert_close(vit.eval().forward_features(x), model.encoder.eval().forward_image(x))
+
+
+def test_compiled_blocks_compute_the_same_losses():
+    torch.manual_seed(0)
+    cfg = mimkit.load_config("pilamim+tiny")
+    model = mimkit.build_model(cfg)
+    images = torch.randn(2, 3, model.input_size, model.input_size)
+    torch.manual_seed(1)
+    eager = model(images, progress=0.5)
+    assert model.compile_blocks(backend="eager") == 2 * 2 + 1 + 1  # context + EMA target, two decoders
+    torch.manual_seed(1)
+    compiled = model(images, progress=0.5)
+    for key in ("loss", "latent/loss", "pixel/loss", "cls/loss"):
+        torch.testing.assert_close(compiled[key], eager[key])
