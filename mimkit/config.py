@@ -62,6 +62,11 @@ class DataConfig:
     label_column: str | None = None  # None: detected
     crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])
     hflip: bool = True
+    # Where the random crop / resize / flip / normalise run: in the data workers ("cpu"), or on
+    # the accelerator for the whole batch ("device": workers only decode and squash each image
+    # to decode_size x decode_size; None = 8/7 of the training crop).
+    augment: Literal["cpu", "device"] = "cpu"
+    decode_size: int | None = None
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     num_workers: int = 4
@@ -417,6 +422,7 @@ def validate(cfg: RunConfig) -> None:
     _require(len(d.mean) == 3 and len(d.std) == 3, "data.mean / data.std: expected three values (RGB)")
     _require(all(s > 0 for s in d.std), f"data.std: {d.std} must be positive")
     _require(d.image_size is None or d.image_size > 0, f"data.image_size: {d.image_size} must be positive")
+    _require(d.decode_size is None or d.decode_size > 0, f"data.decode_size: {d.decode_size} must be positive")
 
     active = o.active()
     _require(bool(active), "objectives: every head has weight 0; set objectives.<latent|pixel|cls>.weight")

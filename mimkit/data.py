@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import datasets
 import torch
@@ -108,8 +108,13 @@ def decode_rgb(value: Any) -> Image.Image | None:
         return None
 
 
-def train_transform(size: int, cfg: DataConfig) -> T.Compose:
-    """RandomResizedCrop(scale) to ``size``, horizontal flip, float in [0,1], normalise."""
+def train_transform(size: int, cfg: DataConfig) -> Callable[[Image.Image], Any]:
+    """RandomResizedCrop(scale) to ``size``, horizontal flip, float in [0,1], normalise; with
+    ``data.augment: device`` only the decoding half (see ``mimkit.augment``)."""
+    if cfg.augment == "device":
+        from .augment import DecodeForDevice, default_decode_size
+
+        return DecodeForDevice(cfg.decode_size or default_decode_size(size), (cfg.crop_scale[0], cfg.crop_scale[1]), cfg.hflip)
     ops: list[Any] = [T.ToImage(), T.RandomResizedCrop(size, scale=tuple(cfg.crop_scale), interpolation=T.InterpolationMode.BICUBIC, antialias=True)]
     if cfg.hflip:
         ops.append(T.RandomHorizontalFlip())
@@ -154,7 +159,7 @@ class ImageDataset(Dataset):
         hf: datasets.Dataset,
         image_column: str,
         label_column: str | None,
-        transform: T.Compose,
+        transform: Callable[[Image.Image], Any],
         seed: int | None = None,
         on_error: Literal["substitute", "skip"] = "skip",
     ):
@@ -179,7 +184,7 @@ class ImageDataset(Dataset):
             return None
         return img, int(row[self.label_column]) if self.label_column is not None else -1
 
-    def __getitem__(self, i: int) -> tuple[Tensor, int, int] | None:
+    def __getitem__(self, i: int) -> tuple[Any, int, int] | None:
         loaded, passed_over = self._load(i), 0
         while loaded is None and self.on_error == "substitute" and passed_over < min(self.max_substitutions, len(self) - 1):
             passed_over += 1
@@ -197,17 +202,20 @@ class ImageDataset(Dataset):
             return self.transform(img), label, passed_over
 
 
-def collate(batch: list[tuple[Tensor, int, int] | None]) -> dict[str, Tensor]:
-    """Stack the samples; ``skipped`` counts undecodable images skipped or passed over."""
+def collate(batch: list[tuple[Any, int, int] | None]) -> dict[str, Tensor]:
+    """Stack the samples; ``skipped`` counts undecodable images skipped or passed over. Samples
+    decoded for device augmentation ((uint8 image, crop) pairs) also give ``crops``."""
     good = [b for b in batch if b is not None]
     skipped = len(batch) - len(good) + sum(g[2] for g in good)
     if not good:
         return {"images": torch.empty(0), "labels": torch.empty(0, dtype=torch.long), "skipped": torch.tensor(skipped)}
-    return {
-        "images": torch.stack([g[0] for g in good]),
-        "labels": torch.tensor([g[1] for g in good], dtype=torch.long),
-        "skipped": torch.tensor(skipped),
-    }
+    out = {"labels": torch.tensor([g[1] for g in good], dtype=torch.long), "skipped": torch.tensor(skipped)}
+    if isinstance(good[0][0], tuple):
+        out["images"] = torch.stack([g[0][0] for g in good])  # (B, C, D, D) uint8
+        out["crops"] = torch.stack([g[0][1] for g in good])  # (B, 5)
+    else:
+        out["images"] = torch.stack([g[0] for g in good])
+    return out
 
 
 @dataclass
@@ -221,7 +229,7 @@ class Splits:
     label_column: str | None
 
     def dataset(
-        self, split: str, transform: T.Compose, seed: int | None = None, on_error: Literal["substitute", "skip"] = "skip"
+        self, split: str, transform: Callable[[Image.Image], Any], seed: int | None = None, on_error: Literal["substitute", "skip"] = "skip"
     ) -> ImageDataset:
         return ImageDataset(self.data[split], self.image_column, self.label_column, transform, seed=seed, on_error=on_error)
 

@@ -21,6 +21,7 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from torch.utils.data import DataLoader
 
 from . import checkpoint as ckpt
+from .augment import finish_batch
 from .config import ConfigError, RunConfig
 from .data import ImageDataset, Splits, collate, eval_transform, load_splits, train_transform
 from .model import MIMModel, build_model
@@ -326,7 +327,7 @@ class Trainer:
     def _micro_step(self, batch: dict[str, torch.Tensor]) -> bool:
         """Forward/backward one micro-batch; True when an optimizer step completed."""
         acc, tr, plan, state, model = self.accelerator, self.cfg.train, self.plan, self.state, self.model
-        images = batch["images"]
+        images = finish_batch(batch, self.core.input_size, self.cfg.data.mean, self.cfg.data.std)
         self.skipped += batch["skipped"].to(self.skipped.device)
         progress = state.step / plan.total_steps
         with acc.accumulate(model):

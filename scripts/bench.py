@@ -89,6 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--split-steps", type=int, default=5, help="eager profiled steps for the time split; 0 skips it (default: %(default)s)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model's forward (static shapes)")
     ap.add_argument("--data", help="real images through mimkit's data pipeline: 'embedded', a directory or a Hub id (default: synthetic)")
+    ap.add_argument("--data-only", action="store_true", help="with --data: time decoding + augmentation + copy alone (no model)")
     ap.add_argument("--precision", choices=sorted(PRECISIONS), help="autocast dtype (default: the config's train.mixed_precision)")
     ap.add_argument("--device", choices=["cuda", "cpu"], help="default: cuda when available")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
@@ -253,6 +254,7 @@ def loader_images(cfg: RunConfig, batch: int, size: int, device: torch.device) -
     """Endless batches of augmented real images, moved to ``device`` as the trainer's are."""
     from torch.utils.data import DataLoader
 
+    from mimkit.augment import finish_batch
     from mimkit.data import collate, load_splits, train_transform
 
     splits = load_splits(cfg.data)
@@ -273,7 +275,8 @@ def loader_images(cfg: RunConfig, batch: int, size: int, device: torch.device) -
     )
     while True:
         for b in loader:
-            yield b["images"].to(device, non_blocking=True)
+            b = {k: v.to(device, non_blocking=True) for k, v in b.items()}
+            yield finish_batch(b, size, cfg.data.mean, cfg.data.std)
 
 
 # --------------------------------------------------------------------------- measurements
@@ -438,6 +441,35 @@ def bench_one(cfg: RunConfig, args: argparse.Namespace, batch: int) -> dict[str,
     }
 
 
+def bench_data(cfg: RunConfig, args: argparse.Namespace, batch: int) -> dict[str, Any]:
+    """Images/s the input pipeline alone delivers to the device, at the model's training crop."""
+    from mimkit.encoder import resolve_geometry
+
+    device = torch.device(args.device)
+    size = resolve_geometry(cfg)[0].input_size
+    batches = loader_images(cfg, batch, size, device)
+    for _ in range(args.warmup):
+        next(batches)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        images = next(batches)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    return {
+        "preset": cfg.preset,
+        "mode": "data-only",
+        "batch": batch,
+        "input_size": size,
+        "steps": args.steps,
+        "data": cfg.data.source,
+        "num_workers": cfg.data.num_workers,
+        "device": device.type,
+        "images_per_s": round(batch * args.steps / seconds, 2),
+        "shape": list(images.shape),
+    }
+
+
 def _peak_memory(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
@@ -466,12 +498,15 @@ def _oom_record(cfg: RunConfig, args: argparse.Namespace, batch: int, error: Exc
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.data_only and not args.data:
+        print("error: --data-only needs --data (the images whose decoding is timed)", file=sys.stderr)
+        return 2
     status = 0
     try:
         cfg = load_config(args.preset, config_overrides(args))
         for batch in args.batch:
             try:
-                record = bench_one(cfg, args, batch)
+                record = bench_data(cfg, args, batch) if args.data_only else bench_one(cfg, args, batch)
             except torch.cuda.OutOfMemoryError as e:
                 record, status = _oom_record(cfg, args, batch, e), 1
             print(json.dumps(record), flush=True)

@@ -1,0 +1,75 @@
+"""Training augmentation split between the data workers and the accelerator.
+
+With ``data.augment: device`` the workers only decode each image, squash it to a fixed
+square of ``data.decode_size`` pixels (uint8) and draw its crop box and flip, seeded per
+sample like the CPU path. The batch then travels as uint8 (4x fewer bytes than float) and
+the accelerator crops, resizes, flips and normalises all images at once with
+``torchvision.ops.roi_align``: one kernel instead of a resize per image on the CPU.
+
+Crop boxes follow torchvision's RandomResizedCrop sampling (area scale, aspect ratio 3/4 to
+4/3, ten tries then a centre crop), measured on the squashed square.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torchvision.ops import roi_align
+from torchvision.transforms import RandomResizedCrop
+from torchvision.transforms.functional import pil_to_tensor
+
+RATIO = (3.0 / 4.0, 4.0 / 3.0)
+
+
+class DecodeForDevice:
+    """CPU half: PIL RGB image -> (uint8 (3, D, D) image, (5,) [top, left, height, width, flip])."""
+
+    def __init__(self, decode_size: int, scale: tuple[float, float], hflip: bool) -> None:
+        self.decode_size = decode_size
+        self.scale = list(scale)
+        self.hflip = hflip
+
+    def __call__(self, img: Image.Image) -> tuple[Tensor, Tensor]:
+        D = self.decode_size
+        if img.size != (D, D):
+            img = img.resize((D, D), Image.BICUBIC)
+        x = pil_to_tensor(img)  # (3, D, D) uint8
+        top, left, h, w = RandomResizedCrop.get_params(x, self.scale, list(RATIO))
+        flip = float(self.hflip and torch.rand(()).item() < 0.5)
+        return x, torch.tensor([top, left, h, w, flip], dtype=torch.float32)
+
+
+def crop_resize_flip(images: Tensor, crops: Tensor, size: int, mean: list[float], std: list[float]) -> Tensor:
+    """Accelerator half: uint8 (B, C, D, D) + crops (B, 5) -> normalised float (B, C, size, size).
+
+    Each crop is resized with bilinear sampling averaged over ceil(crop / size) points per
+    output pixel in each direction (``roi_align``'s adaptive sampling), which anti-aliases
+    shrinking crops; growing crops are plain bilinear (align_corners=False). At the box's edges
+    the samples may blend in the pixels just outside it rather than clamping to the box.
+    """
+    x = images.float().div_(255)  # (B, C, D, D)
+    B = x.shape[0]
+    top, left, h, w, flip = crops.to(x.device, torch.float32).unbind(1)  # (B,) each
+    boxes = torch.stack([torch.arange(B, device=x.device, dtype=torch.float32), left, top, left + w, top + h], dim=1)
+    out = roi_align(x, boxes, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    out = torch.where(flip.bool()[:, None, None, None], out.flip(-1), out)  # (B, C, size, size)
+    mean_t = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+    return (out - mean_t) / std_t
+
+
+def finish_batch(batch: dict[str, Tensor], size: int, mean: list[float], std: list[float]) -> Tensor:
+    """The model-ready images of a collated batch: as they are (CPU augmentation), or cropped on
+    the images' device when the batch carries ``crops`` (device augmentation)."""
+    if "crops" in batch:
+        return crop_resize_flip(batch["images"], batch["crops"], size, mean, std)
+    return batch["images"]
+
+
+def default_decode_size(input_size: int) -> int:
+    """Squash side when ``data.decode_size`` is unset: 8/7 of the crop (256 for 224), so full-image
+    crops are mildly downsampled rather than upsampled."""
+    return int(math.ceil(input_size * 8 / 7))

@@ -1,0 +1,83 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from mimkit.augment import DecodeForDevice, crop_resize_flip, finish_batch
+from mimkit.config import DataConfig
+from mimkit.data import collate, train_transform
+
+MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+
+
+def _normalize(x):
+    return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+
+
+def test_growing_crops_are_bilinear_resizes_of_the_box_then_flip_and_normalise():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (3, 3, 20, 20), generator=g, dtype=torch.uint8)
+    crops = torch.tensor([[2, 3, 8, 10, 0], [0, 0, 20, 20, 1], [5, 1, 12, 6, 1]], dtype=torch.float32)
+    out = crop_resize_flip(images, crops, 24, MEAN, STD)  # every box is <= 24 px: plain bilinear
+    x = images.float() / 255
+    j = torch.arange(24) + 0.5
+    for b, (top, left, h, w, flip) in enumerate(crops.int().tolist()):
+        ref = F.interpolate(x[b : b + 1, :, top : top + h, left : left + w], size=(24, 24), mode="bilinear", align_corners=False)
+        # output pixels whose bilinear source lies inside the box; nearer the edge, a crop-then-resize
+        # clamps to the box while the batched crop blends in the neighbouring image pixels
+        rows = ((j * h / 24 - 0.5) >= 0) & ((j * h / 24 - 0.5) <= h - 1)
+        cols = ((j * w / 24 - 0.5) >= 0) & ((j * w / 24 - 0.5) <= w - 1)
+        if flip:
+            ref, cols = ref.flip(-1), cols.flip(0)
+        inside = rows[:, None] & cols[None, :]
+        assert inside.sum() > 200
+        torch.testing.assert_close(out[b][:, inside], _normalize(ref)[0][:, inside], rtol=1e-4, atol=1e-4)
+
+
+def test_shrinking_crops_average_like_an_antialiased_resize():
+    x = torch.zeros(1, 3, 64, 64, dtype=torch.uint8)
+    x[..., ::2] = 255  # one-pixel stripes: aliasing would show them, averaging gives grey
+    out = crop_resize_flip(x, torch.tensor([[0, 0, 64, 64, 0]], dtype=torch.float32), 16, [0, 0, 0], [1, 1, 1])
+    assert out.mean().item() == pytest.approx(0.5, abs=1e-3)
+    assert out.std().item() < 0.01
+
+
+def test_decode_half_draws_torchvision_style_boxes_and_collates():
+    dec = DecodeForDevice(32, (0.2, 1.0), hflip=True)
+    img = Image.new("RGB", (50, 30), (10, 20, 30))
+    torch.manual_seed(0)
+    samples = [dec(img) for _ in range(200)]
+    x, crop = samples[0]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.uint8
+    crops = torch.stack([c for _, c in samples])
+    area = crops[:, 2] * crops[:, 3] / 32**2
+    assert area.min() >= 0.2 - 1e-6 and area.max() <= 1.0
+    assert (crops[:, 0] + crops[:, 2] <= 32).all() and (crops[:, 1] + crops[:, 3] <= 32).all()
+    assert 0.3 < crops[:, 4].mean() < 0.7  # flips about half the time
+    batch = collate([(s, 1, 0) for s in samples[:4]])
+    assert batch["images"].shape == (4, 3, 32, 32) and batch["crops"].shape == (4, 5)
+    assert finish_batch(batch, 16, MEAN, STD).shape == (4, 3, 16, 16)
+
+
+def test_config_switch_selects_the_decode_half():
+    cfg = DataConfig(augment="device", decode_size=40)
+    t = train_transform(32, cfg)
+    assert isinstance(t, DecodeForDevice) and t.decode_size == 40
+    assert isinstance(train_transform(32, DataConfig(augment="device")), DecodeForDevice)
+    assert not isinstance(train_transform(32, DataConfig()), DecodeForDevice)
+
+
+def test_training_with_device_augmentation_resumes_exactly(tmp_path):
+    import shutil
+
+    from .runs import TINY, losses, run_train
+
+    args = [*TINY, "data.augment=device", "data.decode_size=32", "train.max_steps=4", "train.save_every=2", "train.log_every=1"]
+    assert run_train(*args, "--output", str(tmp_path / "full")) == 0
+    (tmp_path / "part" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tmp_path / "full" / "checkpoints" / "step_00000002", tmp_path / "part" / "checkpoints" / "step_00000002")
+    assert run_train(*args, "--output", str(tmp_path / "part"), "--resume") == 0
+    full, part = losses(tmp_path / "full"), losses(tmp_path / "part")
+    assert sorted(part) == [3, 4]
+    for step in (3, 4):
+        assert part[step] == pytest.approx(full[step], rel=1e-5)
