@@ -17,7 +17,7 @@ from typing import Any, Callable, Literal
 
 import datasets
 import torch
-from PIL import Image, ImageFile
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import v2 as T

@@ -41,6 +41,8 @@ class Objective(nn.Module):
 
     The ``/loss`` entry is the one MIMModel weights into the total; the other entries
     are detached statistics. A head never calls another head: it reads ``ctx.extras``.
+    Heads are constructed as ``Head(run_cfg, encoder_dim, geometry)`` and read their own
+    ``run_cfg.objectives.<name>`` section (plus whatever else they depend on, e.g. target.mode).
     """
 
     name: ClassVar[str]

@@ -23,7 +23,6 @@ from .hub_fixtures import (
     ARCH,
     C,
     D,
-    GRID,
     TINY,
     P,
     PILAMIM_EPS,
