@@ -238,6 +238,7 @@ class Trainer:
     def resume(self, resume: str | bool | None) -> None:
         """Load the requested checkpoint; ``latest`` falls back past unreadable ones."""
         if resume in (None, False):
+            self._start_fresh()
             return
         if resume is True or resume == "latest":
             candidates = list(reversed(ckpt.step_dirs(self.out)))
@@ -255,6 +256,17 @@ class Trainer:
                     raise
                 log.warning("--resume: skipping %s", e)
         raise ckpt.CheckpointError(f"--resume: none of the checkpoints in {ckpt.checkpoint_root(self.out)} can be loaded")
+
+    def _start_fresh(self) -> None:
+        """Refuse to mix a new run into an output dir that holds another run's checkpoints."""
+        existing = ckpt.step_dirs(self.out)
+        if existing:
+            raise ConfigError(
+                f"train.output_dir: {self.out} already holds checkpoints of a run (latest {existing[-1].name}); "
+                "pass --resume to continue it, or choose another --output"
+            )
+        if self.main:
+            self.jsonl.truncate_after(-1)  # a log left by a run killed before its first checkpoint
 
     def _load(self, path: Path) -> None:
         ckpt.verify(path)

@@ -262,3 +262,12 @@ def test_same_seed_same_losses_other_seed_other_losses(tmp_path):
     a, b, c = (losses(tmp_path / n) for n in "abc")
     assert a == b
     assert a != c
+
+
+def test_a_fresh_run_never_overwrites_another_runs_checkpoints(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(out, "train.max_steps=4") == 0
+    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert _train(out, "train.max_steps=2") == 2
+    assert "already holds checkpoints" in capsys.readouterr().err
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
