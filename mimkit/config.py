@@ -310,6 +310,17 @@ def config_from_yaml(text_or_path: str | Path) -> RunConfig:
     return cfg
 
 
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> {"a.b.c": leaf}: the dotted view of a config dict."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 # --------------------------------------------------------------------------- typed construction
 
 

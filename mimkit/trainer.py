@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from . import checkpoint as ckpt
 from .augment import finish_batch
-from .config import ConfigError, RunConfig
+from .config import ConfigError, RunConfig, flatten
 from .data import ImageDataset, Splits, collate, eval_transform, load_splits, train_transform
 from .model import MIMModel, build_model
 from .schedules import learning_rate, scaled_lr
@@ -473,15 +473,9 @@ def fit(cfg: RunConfig, accelerator: Accelerator, output_dir: str | Path, resume
     return Trainer(cfg, accelerator, output_dir).fit(resume)
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def _flat(d: dict[str, Any]) -> dict[str, Any]:
     """Nested config -> flat {"a.b": scalar} for trackers' hyper-parameter tables."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(d).items()}
 
 
 def _progress(total: int, done: int, enabled: bool):

@@ -44,7 +44,6 @@ import argparse
 import gc
 import json
 import math
-import platform
 import sys
 import time
 from collections import defaultdict
@@ -60,6 +59,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mimkit.config import ConfigError, RunConfig, load_config  # noqa: E402
+from mimkit.platform_info import cpu_model  # noqa: E402
 
 PROGRESS = 0.0
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
@@ -382,15 +382,7 @@ def profile_split(runner: StepRunner, batches: Iterator[Tensor], steps: int, clo
 
 
 def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
 
 
 def default_precision(cfg: RunConfig) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 import shutil
 import statistics
@@ -38,7 +37,8 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != SCRIPTS]
 import yaml  # noqa: E402
 
 from mimkit.checkpoint import step_dirs  # noqa: E402
-from mimkit.config import ConfigError, load_config  # noqa: E402
+from mimkit.config import ConfigError, flatten, load_config  # noqa: E402
+from mimkit.platform_info import cpu_model  # noqa: E402
 
 # --------------------------------------------------------------------------- the plan
 
@@ -279,16 +279,6 @@ OPERATIONAL_KEYS = frozenset({
 })
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        if isinstance(v, Mapping):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def config_diff(saved: Mapping[str, Any], planned: Mapping[str, Any]) -> list[str]:
     """Dotted keys whose values differ, operational keys aside."""
     a, b = flatten(saved), flatten(planned)
@@ -501,16 +491,6 @@ def detect_device(processes: int = 1) -> str:
     if not name:
         name = cpu_model() + " (CPU)"
     return f"{processes} × {name}" if processes > 1 else name
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 # --------------------------------------------------------------------------- claims
