@@ -53,6 +53,11 @@ def read_state(path: str | Path) -> TrainerState:
         raise CheckpointError(f"{f}: unreadable trainer state: {e}") from e
 
 
+def step_dir(output_dir: str | Path, step: int) -> Path:
+    """Where the complete checkpoint of ``step`` lives."""
+    return checkpoint_root(output_dir) / f"step_{step:08d}"
+
+
 def staging_dir(output_dir: str | Path, step: int) -> Path:
     """Where a checkpoint of ``step`` is written before ``publish`` renames it."""
     return checkpoint_root(output_dir) / f".tmp_step_{step:08d}"
@@ -62,7 +67,7 @@ def publish(staging: Path, state: TrainerState, keep_last: int) -> Path:
     """Mark a fully written staging dir complete, rename it to ``step_*``, keep the newest
     ``keep_last``. Main process only, after every process finished writing."""
     (staging / STATE_FILE).write_text(json.dumps(asdict(state), indent=1))
-    final = staging.parent / f"step_{state.step:08d}"
+    final = step_dir(staging.parent.parent, state.step)
     if final.exists():  # the same step saved again (a resumed run that ends where it resumed)
         shutil.rmtree(final)
     staging.rename(final)

@@ -107,6 +107,12 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def make_optimizer(model: torch.nn.Module, cfg: RunConfig, lr: float, fused: bool) -> torch.optim.AdamW:
+    """The run's AdamW: ``param_groups``, ``train.betas``, fused kernels when ``fused`` (GPU)."""
+    tr = cfg.train
+    return torch.optim.AdamW(param_groups(model, tr.weight_decay), lr=lr, betas=tuple(tr.betas), fused=fused or None)
+
+
 class StatAccumulator:
     """Sums detached step statistics on the device; read (one host sync) every log interval."""
 
@@ -215,9 +221,7 @@ class Trainer:
             pin_memory=torch.cuda.is_available(),
             generator=torch.Generator().manual_seed(tr.seed),  # keeps the global RNG (masks) untouched
         )
-        optimizer = torch.optim.AdamW(
-            param_groups(model, tr.weight_decay), lr=self.plan.peak_lr, betas=tuple(tr.betas), fused=torch.cuda.is_available() or None
-        )
+        optimizer = make_optimizer(model, cfg, self.plan.peak_lr, fused=torch.cuda.is_available())
         self.model, self.optimizer, self.loader = accelerator.prepare(model, optimizer, loader)
         self.core: MIMModel = accelerator.unwrap_model(self.model)
         self.state = ckpt.TrainerState(step=0, epoch=0, batch_in_epoch=0)
@@ -284,15 +288,15 @@ class Trainer:
         """A complete checkpoint of the current state (all processes call this)."""
         self._fold_skipped()
         acc = self.accelerator
-        staging = ckpt.staging_dir(root or self.out, self.state.step)
+        root = root or self.out
+        staging = ckpt.staging_dir(root, self.state.step)
         acc.wait_for_everyone()
         acc.save_state(str(staging))
         acc.wait_for_everyone()
-        final = staging.parent / f"step_{self.state.step:08d}"
         if self.main:
             ckpt.publish(staging, self.state, self.cfg.train.keep_last)
         acc.wait_for_everyone()
-        return final
+        return ckpt.step_dir(root, self.state.step)
 
     def _fold_skipped(self) -> None:
         self.state.skipped_images += int(self.accelerator.reduce(self.skipped, reduction="sum").item())

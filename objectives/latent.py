@@ -80,7 +80,7 @@ class LatentObjective(Objective):
             out["latent/sim_visible"] = mean_pairwise_cosine(z_vis).mean()
             out["latent/sim_target"] = mean_pairwise_cosine(target).mean()
             if ctx.visible.shape[0] > 1:  # the paper's "Sim": across images, of mean-pooled encoder latents
-                out["latent/sim_images"] = mean_pairwise_cosine(ctx.visible.mean(1)[None])[0]
+                out["latent/sim_images"] = mean_pairwise_cosine(ctx.visible.mean(1))
         if self.publish_cls:
             ctx.extras["latent.cls"] = pred_cls
             ctx.extras["latent.cls_target"] = target_cls

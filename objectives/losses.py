@@ -76,16 +76,16 @@ def reconstruction_loss(kind: str, tau: float = 0.2, huber_delta: float = 1.0) -
 
 
 def mean_pairwise_cosine(x: Tensor) -> Tensor:
-    """Mean cosine similarity over distinct pairs (i != j) of each image's N vectors.
+    """Mean cosine similarity over distinct pairs (i != j) of each set of N vectors.
 
-    x: (B, N, D) -> (B,). Uses |sum_i x_i|^2 = sum_ij cos_ij for unit vectors: O(N D).
+    x: (..., N, D) -> (...). Uses |sum_i u_i|^2 = sum_ij cos_ij for unit vectors: O(N D).
     """
-    B, N, _ = x.shape
+    N = x.shape[-2]
     if N < 2:
-        raise ValueError("mean_pairwise_cosine needs at least two vectors per image")
+        raise ValueError(f"mean_pairwise_cosine needs at least two vectors per set, got {N}")
     u = F.normalize(x.float(), dim=-1)
-    s = u.sum(dim=1)  # (B, D)
-    return (s.pow(2).sum(-1) - u.pow(2).sum((1, 2))) / (N * (N - 1))
+    s = u.sum(dim=-2)  # (..., D)
+    return (s.pow(2).sum(-1) - u.pow(2).sum((-2, -1))) / (N * (N - 1))
 
 
 def similarity_regularizer(pred: Tensor, visible: Tensor, gamma: float | Tensor) -> Tensor:

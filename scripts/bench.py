@@ -218,15 +218,9 @@ class StepRunner:
 
 def make_optimizer(model: nn.Module, cfg: RunConfig, batch: int, device: torch.device) -> torch.optim.Optimizer:
     from mimkit.schedules import scaled_lr
-    from mimkit.trainer import param_groups
+    from mimkit.trainer import make_optimizer as trainer_optimizer
 
-    tr = cfg.train
-    return torch.optim.AdamW(
-        param_groups(model, tr.weight_decay),
-        lr=scaled_lr(tr.base_lr, batch),
-        betas=tuple(tr.betas),
-        fused=(device.type == "cuda") or None,
-    )
+    return trainer_optimizer(model, cfg, scaled_lr(cfg.train.base_lr, batch), fused=device.type == "cuda")
 
 
 def make_runner(cfg: RunConfig, batch: int, device: torch.device, precision: str, compile_forward: bool) -> StepRunner:

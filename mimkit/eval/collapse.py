@@ -13,17 +13,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .features import mean_pairwise_cosine_rows
+from objectives.losses import mean_pairwise_cosine
 
 
 def pairwise_similarity(features: Tensor) -> float:
     """Mean cos(x_i, x_j) over pairs i != j of rows of (N, D)."""
-    return float(mean_pairwise_cosine_rows(features))
+    return float(mean_pairwise_cosine(features))
 
 
 def within_image_similarity(tokens: Tensor) -> float:
     """Mean over images of the mean cosine between distinct patch tokens: (B, L, D) -> scalar."""
-    return float(mean_pairwise_cosine_rows(tokens).mean())
+    return float(mean_pairwise_cosine(tokens).mean())
 
 
 def effective_rank(features: Tensor, center: bool = False, eps: float = 1e-12) -> float:

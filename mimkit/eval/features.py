@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.data_loader import prepare_data_loader
 from timm.models.vision_transformer import VisionTransformer
@@ -22,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data import collate
 from ..encoder import ContextEncoder
+from objectives.losses import mean_pairwise_cosine
 
 PoolKind = Literal["cls", "mean", "topk_mean"]
 POOL_KINDS: tuple[str, ...] = ("cls", "mean", "topk_mean")
@@ -74,19 +74,6 @@ def pool(tokens: Tensor, num_prefix: int, kind: PoolKind, k: int = 10) -> Tensor
     if kind == "topk_mean":
         return topk_mean(patches, k)
     raise ValueError(f"pooling: {kind!r} is not one of {list(POOL_KINDS)}")
-
-
-def mean_pairwise_cosine_rows(x: Tensor) -> Tensor:
-    """Mean cosine similarity between distinct rows of each set: (..., N, D) -> (...).
-
-    Uses ||sum of unit rows||^2 = N + sum_{i != j} cos_ij, so it is O(N D), not O(N^2 D).
-    """
-    n = x.shape[-2]
-    if n < 2:
-        raise ValueError(f"pairwise similarity needs at least 2 rows, got {n}")
-    u = F.normalize(x.float(), dim=-1)
-    s = u.sum(dim=-2)  # (..., D)
-    return ((s * s).sum(dim=-1) - n) / (n * (n - 1))
 
 
 def native_size(vit: VisionTransformer) -> int:
@@ -268,7 +255,7 @@ def extract_features(
                 per_batch[f"pool{i}"] = _padded(x, ok)
             if patch_similarity:
                 for n in norms:
-                    s = mean_pairwise_cosine_rows(tokens[n][:, prefix:]) if good else torch.zeros(0, device=device)
+                    s = mean_pairwise_cosine(tokens[n][:, prefix:]) if good else torch.zeros(0, device=device)
                     per_batch[f"sim{int(n)}"] = _padded(s, ok)
             if accelerator is not None:
                 per_batch = accelerator.gather_for_metrics(per_batch)
