@@ -12,6 +12,7 @@ Crop boxes follow torchvision's RandomResizedCrop sampling (area scale, aspect r
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -56,9 +57,15 @@ def crop_resize_flip(images: Tensor, crops: Tensor, size: int, mean: list[float]
     boxes = torch.stack([torch.arange(B, device=x.device, dtype=torch.float32), left, top, left + w, top + h], dim=1)
     out = roi_align(x, boxes, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
     out = torch.where(flip.bool()[:, None, None, None], out.flip(-1), out)  # (B, C, size, size)
-    mean_t = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+    mean_t, std_t = _channel_stats(tuple(mean), tuple(std), x.device)
     return (out - mean_t) / std_t
+
+
+@functools.lru_cache(maxsize=8)
+def _channel_stats(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[Tensor, Tensor]:
+    """(1, C, 1, 1) mean and std on ``device``, copied there once rather than every batch
+    (a copy from pageable host memory waits for the device)."""
+    return torch.tensor(mean, device=device).view(1, -1, 1, 1), torch.tensor(std, device=device).view(1, -1, 1, 1)
 
 
 def finish_batch(batch: dict[str, Tensor], size: int, mean: list[float], std: list[float]) -> Tensor:

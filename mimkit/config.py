@@ -163,7 +163,9 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     clip_grad: float | None = None
     mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
-    compile: bool = False  # torch.compile every transformer block (encoders and decoders)
+    # torch.compile: "model" compiles the whole masked step as one graph, "blocks" each
+    # transformer block and projector, "none" runs eagerly.
+    compile: Literal["none", "blocks", "model"] = "none"
     log_every: int = 20
     save_every: int = 1000
     keep_last: int = 3

@@ -9,6 +9,7 @@ from timm.models.vision_transformer import Block
 
 from objectives import OBJECTIVES, Context
 from objectives.decoders import CrossBlock
+from objectives.projector import Projector
 
 from .config import ConfigError, RunConfig
 from .encoder import ContextEncoder, Geometry, build_vit, resolve_geometry
@@ -53,6 +54,7 @@ class MIMModel(nn.Module):
             except ValueError as e:
                 raise ConfigError(str(e)) from e
             self._init_target(cfg, kw)
+        self._compiled_step = None  # masked_step compiled by compile_step("model")
 
     def _init_target(self, cfg: RunConfig, kw: dict) -> None:
         """``init.target``: "same" (or unset) starts the target as a copy of the context encoder;
@@ -91,14 +93,25 @@ class MIMModel(nn.Module):
         if H != g.input_size or W != g.input_size:
             raise ValueError(f"MIMModel expects {g.input_size}x{g.input_size} images (grid {g.grid} x (patch {g.patch} + gap {g.gap})), got {H}x{W}")
         start, total = batch_slice if batch_slice is not None else (0, B)
-        rows = slice(start, start + B)
+        # A 0-d tensor filled on the device: a schedule value that moves every step neither
+        # copies from the host nor makes a compiled step recompile.
+        progress_t = torch.full((), float(progress), device=images.device)
+        step = self._compiled_step or self.masked_step
+        return step(images, progress_t, start, total)
+
+    def masked_step(self, images: Tensor, progress: Tensor, start: int, total: int) -> dict[str, Tensor]:
+        """Masking + ``forward_split`` for rows [start, start + B) of a global batch of ``total``."""
+        g = self.geometry
+        rows = slice(start, start + images.shape[0])
         offsets = grid_offsets(total, g.num_cells, g.gap, images.device)[rows] if g.gap else None
         patches = patchify(images, g.patch, g.gap, offsets)  # (B, L, C*P*P)
         visible_idx, target_idx = random_split(total, g.num_cells, self.ratio, images.device)  # (total, Nv), (total, Nt)
         return self.forward_split(patches, visible_idx[rows], target_idx[rows], progress)
 
-    def forward_split(self, patches: Tensor, visible_idx: Tensor, target_idx: Tensor, progress: float = 0.0) -> dict[str, Tensor]:
+    def forward_split(self, patches: Tensor, visible_idx: Tensor, target_idx: Tensor, progress: float | Tensor = 0.0) -> dict[str, Tensor]:
         """The step after masking, for callers that choose the split themselves (tests, tools)."""
+        if not isinstance(progress, Tensor):
+            progress = torch.full((), float(progress), device=patches.device)
         tokens = self.encoder(gather_tokens(patches, visible_idx), visible_idx)  # (B, p+Nv, D)
         ctx = Context(
             tokens=tokens,
@@ -129,17 +142,24 @@ class MIMModel(nn.Module):
             for target, online in head.ema_pairs():
                 ema_(target, online, momentum)
 
-    def compile_blocks(self, **compile_kwargs) -> int:
-        """``torch.compile`` each transformer block in place (encoders and decoders); returns how many.
+    def compile_step(self, mode: str = "model", **compile_kwargs) -> int:
+        """``torch.compile`` for training (``train.compile``); returns the number of compiled units.
 
-        Blocks hold nearly all the FLOPs and see only a few sequence lengths (visible, target,
-        full), so they compile once per length, while masking, gathers and losses stay eager
-        and the step's Python-side schedule values never trigger recompilation.
+        ``model``: the whole masked step (masking, encoders, heads, losses) is one graph, and
+        autograd's backward of it another; shapes are static and progress is a device tensor,
+        so it compiles once. ``blocks``: each transformer block and projector is compiled in
+        place; they hold nearly all the FLOPs and see a few sequence lengths, while masking,
+        gathers and losses stay eager.
         """
-        blocks = [m for m in self.modules() if isinstance(m, (Block, CrossBlock))]
-        for block in blocks:
-            block.compile(**compile_kwargs)
-        return len(blocks)
+        if mode == "model":
+            self._compiled_step = torch.compile(self.masked_step, dynamic=False, **compile_kwargs)
+            return 1
+        if mode == "blocks":
+            units = [m for m in self.modules() if isinstance(m, (Block, CrossBlock, Projector))]
+            for unit in units:
+                unit.compile(**compile_kwargs)
+            return len(units)
+        raise ValueError(f"train.compile: unknown mode {mode!r} (expected 'model', 'blocks' or 'none')")
 
     def encoder_state_dict(self) -> dict[str, Tensor]:
         """The context encoder's weights under timm's own names."""

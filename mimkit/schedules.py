@@ -4,11 +4,19 @@ step can be recomputed exactly after a resume)."""
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, TypeVar
+
+import torch
+from torch import Tensor
+
+Scalar = TypeVar("Scalar", float, Tensor)
 
 
-def cosine_interp(start: float, end: float, progress: float) -> float:
-    """start at progress 0, end at progress 1, along half a cosine."""
+def cosine_interp(start: float, end: float, progress: Scalar) -> Scalar:
+    """start at progress 0, end at progress 1, along half a cosine. ``progress`` is a float, or a
+    0-d tensor (the in-graph schedules of a training step) for which a 0-d tensor is returned."""
+    if isinstance(progress, Tensor):
+        return end + (start - end) * 0.5 * (1.0 + torch.cos(math.pi * progress.clamp(0.0, 1.0)))
     p = min(max(progress, 0.0), 1.0)
     return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * p))
 

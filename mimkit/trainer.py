@@ -45,7 +45,9 @@ def make_accelerator(cfg: RunConfig, output_dir: str | Path) -> Accelerator:
         gradient_accumulation_steps=cfg.train.grad_accum,
         log_with=trackers or None,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(Path(output_dir) / "logs")),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.train.seed),
+        # non_blocking: batches come from pinned memory, so the copy to the GPU need not wait
+        # for the work already queued (a blocking copy would sync the host every step).
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.train.seed, non_blocking=torch.cuda.is_available()),
         step_scheduler_with_optimizer=False,
     )
 
@@ -107,10 +109,18 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def make_optimizer(model: torch.nn.Module, cfg: RunConfig, lr: float, fused: bool) -> torch.optim.AdamW:
-    """The run's AdamW: ``param_groups``, ``train.betas``, fused kernels when ``fused`` (GPU)."""
+ADAMW_IMPLS: dict[str, dict[str, bool]] = {
+    "fused": {"fused": True},  # one multi-tensor kernel for the whole update
+    "foreach": {"foreach": True},  # a few multi-tensor kernels per op
+    "loop": {"foreach": False},  # a chain of kernels per parameter
+    "default": {},  # torch's choice
+}
+
+
+def make_optimizer(model: torch.nn.Module, cfg: RunConfig, lr: float, impl: str = "default") -> torch.optim.AdamW:
+    """The run's AdamW: ``param_groups``, ``train.betas``, the ``ADAMW_IMPLS[impl]`` kernels."""
     tr = cfg.train
-    return torch.optim.AdamW(param_groups(model, tr.weight_decay), lr=lr, betas=tuple(tr.betas), fused=fused or None)
+    return torch.optim.AdamW(param_groups(model, tr.weight_decay), lr=lr, betas=tuple(tr.betas), **ADAMW_IMPLS[impl])
 
 
 class StatAccumulator:
@@ -206,8 +216,8 @@ class Trainer:
         set_seed(tr.seed)
         splits = load_splits(cfg.data)  # fails before any training on a bad source, split or column
         model = build_model(cfg)
-        if tr.compile:
-            log.info("train.compile: compiled %d transformer blocks", model.compile_blocks())
+        if tr.compile != "none":
+            log.info("train.compile=%s: %d compiled units", tr.compile, model.compile_step(tr.compile))
         self.train_set = splits.dataset(splits.train, train_transform(model.input_size, cfg.data), seed=tr.seed, on_error="substitute")
         self.plan = make_plan(cfg, accelerator.num_processes, len(self.train_set))
         self.eval_set = _eval_dataset(cfg, splits, model)
@@ -221,7 +231,7 @@ class Trainer:
             pin_memory=torch.cuda.is_available(),
             generator=torch.Generator().manual_seed(tr.seed),  # keeps the global RNG (masks) untouched
         )
-        optimizer = make_optimizer(model, cfg, self.plan.peak_lr, fused=torch.cuda.is_available())
+        optimizer = make_optimizer(model, cfg, self.plan.peak_lr, "fused" if torch.cuda.is_available() else "default")
         self.model, self.optimizer, self.loader = accelerator.prepare(model, optimizer, loader)
         self.core: MIMModel = accelerator.unwrap_model(self.model)
         self.state = ckpt.TrainerState(step=0, epoch=0, batch_in_epoch=0)

@@ -21,7 +21,7 @@ class Context:
     target_idx: Tensor  # (B, Nt) grid indices of the target cells
     patches: Tensor  # (B, L, C*P*P) pixel patches of every cell (pixel-head targets)
     geometry: Geometry
-    progress: float  # fraction of training done, in [0, 1] (drives per-head schedules)
+    progress: Tensor  # () fraction of training done, in [0, 1], on the device (drives per-head schedules)
     targets: TargetOutput | None = None  # target-encoder latents, computed once
     extras: dict[str, Tensor] = field(default_factory=dict)  # what a head publishes for another
 

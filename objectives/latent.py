@@ -74,7 +74,7 @@ class LatentObjective(Objective):
             reg = similarity_regularizer(pred, z_vis, gamma)
             loss = loss + sim.coef * reg
             out["latent/reg"] = reg.detach()
-            out["latent/gamma"] = reg.new_tensor(gamma)
+            out["latent/gamma"] = gamma.detach()
         with torch.no_grad():  # the collapse monitor
             out["latent/sim_pred"] = mean_pairwise_cosine(pred).mean()
             out["latent/sim_visible"] = mean_pairwise_cosine(z_vis).mean()

@@ -7,6 +7,10 @@ from torch import nn
 from mimkit.config import ProjectorConfig
 
 
+class Projector(nn.Sequential):
+    """The token-wise MLP (a type of its own so ``MIMModel.compile("blocks")`` can find it)."""
+
+
 def build_projector(cfg: ProjectorConfig, in_dim: int) -> nn.Module:
     """``none`` -> Identity; ``mlp`` -> [Linear, (LayerNorm), GELU] x (layers - 1), Linear, (LayerNorm)."""
     if cfg.kind == "none":
@@ -20,7 +24,7 @@ def build_projector(cfg: ProjectorConfig, in_dim: int) -> nn.Module:
     layers.append(nn.Linear(dim, out_dim))
     if cfg.out_norm:
         layers.append(nn.LayerNorm(out_dim))
-    return nn.Sequential(*layers)
+    return Projector(*layers)
 
 
 def projector_dim(cfg: ProjectorConfig, in_dim: int) -> int:

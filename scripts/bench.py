@@ -2,8 +2,9 @@
 where the time of a step goes.
 
     python scripts/bench.py --preset P [--model NAME] [--batch B[,B2,...]] [--steps N] [--warmup W]
-                            [--compile] [--data DIR] [--precision bf16|fp16|fp32] [--device cuda|cpu]
-                            [--split-steps K] [key=value ...]
+                            [--compile none|blocks|model] [--data DIR] [--precision bf16|fp16|fp32]
+                            [--attn fused|math] [--adamw fused|foreach|loop] [--sync-every-step]
+                            [--device cuda|cpu] [--split-steps K] [key=value ...]
 
 One training step is what ``mimkit.trainer.fit`` does per optimizer step: forward under
 autocast, backward (through a GradScaler for fp16), fused AdamW step with the trainer's
@@ -18,22 +19,31 @@ Each run prints one JSON line on stdout. ``--batch 128,256,512`` runs each batch
 freshly built model and prints one line each (a batch that runs out of GPU memory prints a
 line with ``"error": "out of memory"``; the exit code is then 1). Measurements, in order:
 W warm-up steps (the first one, which compiles under ``--compile``, is timed as
-``first_step_s``), N timed steps (one device synchronisation at the end), one untimed step
-whose forward + backward FLOPs are counted with FlopCounterMode (eager), and K eager
-profiled steps for the time split (CUDA events at forward hooks of the context encoder,
-target encoder and heads, and around backward, optimizer and EMA). ``progress`` is held
-at 0 so a compiled forward never recompiles.
+``first_step_s``), N timed steps (one device synchronisation at the end), one step under
+``torch.cuda.set_sync_debug_mode`` that counts the host synchronisations of a step
+(``host_syncs_per_step``, CUDA only), then, on an eager copy of the model, one untimed step
+whose forward + backward FLOPs are counted with FlopCounterMode and K profiled steps for the
+time split (CUDA events at forward hooks of the context encoder, target encoder and heads,
+and around backward, optimizer and EMA).
 
-Reference comparison (docs METHOD.md, "Reference throughput": one H100, fp16 autocast,
-synthetic images on the GPU). The presets already are those configurations; the reference
-used fp16, mimkit trains in bf16 by default (drop ``--precision fp16`` for that):
+Each optimisation can be switched off on its own to measure what it gives: ``--precision
+fp32`` (bf16 autocast), ``--attn math`` (fused scaled-dot-product attention: the math
+backend computes softmax(QK^T)V with separate kernels), ``--adamw foreach|loop`` (the fused
+AdamW kernel), ``--sync-every-step`` (reads the loss on the host every step, as a loop that
+logs each step does), ``--compile none`` (torch.compile), ``model.grad_checkpointing=true``
+(activation checkpointing: memory for time). ``scripts/bench_masking.py`` times masking on the
+device against host-drawn masks and per-image loops.
 
-    python scripts/bench.py --preset latent_mim --batch 128,256,512 --precision fp16   # 1230 / 1838 / 2160 img/s, 66.7 GFLOP/img
-    python scripts/bench.py --preset pilamim --batch 128,256 --precision fp16          # 1258 / 1707 img/s, 89.9 GFLOP/img
-    python scripts/bench.py --preset mae --batch 256 --precision fp16                  # 2767 img/s, 58.8 GFLOP/img
+Reference comparison (METHOD.md, "Reference throughput": one H100, fp16 autocast, synthetic
+images on the GPU). The presets already are those configurations; mimkit trains in bf16
+(``--precision fp16`` gives the reference's precision):
 
-Add ``--compile`` for the compiled forward, ``--data /path/to/imagenet data.num_workers=12``
-for end-to-end numbers. CPU smoke test:
+    python scripts/bench.py --preset latent_mim --batch 128,256,512 --compile model   # ref 1230 / 1838 / 2160 img/s, 66.7 GFLOP/img
+    python scripts/bench.py --preset pilamim --batch 128,256 --compile model          # ref 1258 / 1707 img/s, 89.9 GFLOP/img
+    python scripts/bench.py --preset mae --batch 256 --compile model                  # ref 2767 img/s, 58.8 GFLOP/img
+
+``scripts/perf_suite.py`` runs these and every switch above and writes docs/performance.md.
+Add ``--data /path/to/imagenet data.num_workers=12`` for end-to-end numbers. CPU smoke test:
 
     python scripts/bench.py --preset latent_mim+tiny --device cpu --steps 2 --warmup 1 --batch 4
 """
@@ -46,14 +56,16 @@ import json
 import math
 import sys
 import time
+import warnings
 from collections import defaultdict
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -87,7 +99,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=20, help="timed steps (default: %(default)s)")
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps before them (default: %(default)s)")
     ap.add_argument("--split-steps", type=int, default=5, help="eager profiled steps for the time split; 0 skips it (default: %(default)s)")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the model's forward (static shapes)")
+    ap.add_argument("--compile", choices=["none", "blocks", "model"], default="none", help="torch.compile as train.compile (default: %(default)s)")
+    ap.add_argument("--attn", choices=["fused", "math"], default="fused", help="scaled-dot-product attention kernels (default: %(default)s)")
+    ap.add_argument("--adamw", choices=["fused", "foreach", "loop"], help="AdamW kernels (default: fused on cuda, torch's choice on cpu)")
+    ap.add_argument("--sync-every-step", action="store_true", help="read the loss on the host after every step")
     ap.add_argument("--data", help="real images through mimkit's data pipeline: 'embedded', a directory or a Hub id (default: synthetic)")
     ap.add_argument("--data-only", action="store_true", help="with --data: time decoding + augmentation + copy alone (no model)")
     ap.add_argument("--precision", choices=sorted(PRECISIONS), help="autocast dtype (default: the config's train.mixed_precision)")
@@ -173,23 +188,24 @@ class SplitRecorder:
 
 @dataclass
 class StepRunner:
-    """One trainer step on ``model``; ``forward`` is the model or its compiled forward."""
+    """One trainer step on ``model`` (compiled or not, as it was built)."""
 
     model: nn.Module
-    forward: Callable[..., dict[str, Tensor]]
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None
     device: torch.device
     dtype: torch.dtype | None
     momentum: float
     clip_grad: float | None = None
+    attn_math: bool = False
+    sync_every_step: bool = False
 
     def autocast(self) -> AbstractContextManager:
         return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
 
-    def loss(self, images: Tensor, eager: bool = False) -> Tensor:
-        with self.autocast():
-            out = (self.model if eager else self.forward)(images, PROGRESS)
+    def loss(self, images: Tensor) -> Tensor:
+        with self.autocast(), sdpa_kernel(SDPBackend.MATH) if self.attn_math else nullcontext():
+            out = self.model(images, PROGRESS)
         return out["loss"]
 
     def backward(self, loss: Tensor) -> None:
@@ -211,28 +227,35 @@ class StepRunner:
         self.model.update_target(self.momentum)
 
     def step(self, images: Tensor) -> None:
-        self.backward(self.loss(images))
+        loss = self.loss(images)
+        self.backward(loss)
         self.optimize()
         self.ema()
+        if self.sync_every_step:
+            loss.item()
 
 
-def make_optimizer(model: nn.Module, cfg: RunConfig, batch: int, device: torch.device) -> torch.optim.Optimizer:
-    from mimkit.schedules import scaled_lr
-    from mimkit.trainer import make_optimizer as trainer_optimizer
-
-    return trainer_optimizer(model, cfg, scaled_lr(cfg.train.base_lr, batch), fused=device.type == "cuda")
-
-
-def make_runner(cfg: RunConfig, batch: int, device: torch.device, precision: str, compile_forward: bool) -> StepRunner:
+def make_runner(cfg: RunConfig, args: argparse.Namespace, batch: int, compile_mode: str) -> StepRunner:
     import mimkit
+    from mimkit.schedules import scaled_lr
+    from mimkit.trainer import make_optimizer
 
+    device = torch.device(args.device)
     torch.manual_seed(cfg.train.seed)
     model = mimkit.build_model(cfg).to(device).train()
-    forward = torch.compile(model, dynamic=False) if compile_forward else model
-    dtype = PRECISIONS[precision]
+    if compile_mode != "none":
+        model.compile_step(compile_mode)
+    dtype = PRECISIONS[args.precision or default_precision(cfg)]
     scaler = torch.amp.GradScaler(device.type) if dtype is torch.float16 else None
-    optimizer = make_optimizer(model, cfg, batch, device)
-    return StepRunner(model, forward, optimizer, scaler, device, dtype, model.momentum(PROGRESS), cfg.train.clip_grad)
+    optimizer = make_optimizer(model, cfg, scaled_lr(cfg.train.base_lr, batch), adamw_impl(args))
+    return StepRunner(
+        model, optimizer, scaler, device, dtype, model.momentum(PROGRESS), cfg.train.clip_grad,
+        attn_math=args.attn == "math", sync_every_step=args.sync_every_step,
+    )
+
+
+def adamw_impl(args: argparse.Namespace) -> str:
+    return args.adamw or ("fused" if args.device == "cuda" else "default")
 
 
 # --------------------------------------------------------------------------- images
@@ -298,7 +321,7 @@ def count_flops(runner: StepRunner, images: Tensor) -> int:
     """FLOPs of one eager forward + backward (the optimizer and EMA are not counted)."""
     counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOPS)
     with counter:
-        runner.backward(runner.loss(images, eager=True))
+        runner.backward(runner.loss(images))
     runner.optimizer.zero_grad(set_to_none=True)
     return counter.get_total_flops()
 
@@ -353,7 +376,7 @@ def profile_split(runner: StepRunner, batches: Iterator[Tensor], steps: int, clo
                 with rec.span("data"):
                     images = next(batches)
                 with rec.span("forward"):
-                    loss = runner.loss(images, eager=True)
+                    loss = runner.loss(images)
                 with rec.span("backward"):
                     runner.backward(loss)
                 with rec.span("optimizer"):
@@ -383,18 +406,36 @@ def default_precision(cfg: RunConfig) -> str:
     return _CONFIG_PRECISION[cfg.train.mixed_precision]
 
 
+def count_host_syncs(runner: StepRunner, images: Tensor) -> int | None:
+    """Host synchronisations one step makes (CUDA only): each one stalls the launch queue."""
+    if runner.device.type != "cuda":
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            runner.step(images)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchronizing" in str(w.message).lower() for w in caught)
+
+
 def bench_one(cfg: RunConfig, args: argparse.Namespace, batch: int) -> dict[str, Any]:
     device = torch.device(args.device)
-    precision = args.precision or default_precision(cfg)
     clock = Clock(device)
-    runner = make_runner(cfg, batch, device, precision, args.compile)
+    runner = make_runner(cfg, args, batch, args.compile)
     size = runner.model.input_size
     batches = loader_images(cfg, batch, size, device) if args.data else synthetic_images(batch, size, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    warmup = max(args.warmup, 1) if args.compile else args.warmup
+    warmup = max(args.warmup, 1) if args.compile != "none" else args.warmup
     first_s, elapsed_ms = time_steps(runner, batches, warmup, args.steps, clock)
     peak = _peak_memory(device)
+    syncs = count_host_syncs(runner, next(batches))
+    if args.compile != "none":  # FLOPs and the split are counted on an eager copy
+        del runner
+        _release(device, compiled=True)
+        runner = make_runner(cfg, args, batch, "none")
     flops = count_flops(runner, next(batches))
     split = profile_split(runner, batches, args.split_steps, clock, bool(args.data)) if args.split_steps else None
     step_s = elapsed_ms / 1e3 / args.steps
@@ -407,19 +448,24 @@ def bench_one(cfg: RunConfig, args: argparse.Namespace, batch: int) -> dict[str,
         "warmup": warmup,
         "device": device.type,
         "device_name": device_name(device),
-        "precision": precision,
+        "precision": args.precision or default_precision(cfg),
         "compile": args.compile,
+        "attn": args.attn,
+        "adamw": adamw_impl(args),
+        "sync_every_step": args.sync_every_step,
+        "grad_checkpointing": cfg.model.grad_checkpointing,
         "data": cfg.data.source if args.data else "synthetic",
         "num_workers": cfg.data.num_workers if args.data else None,
         "params_m": round(sum(p.numel() for p in runner.model.parameters() if p.requires_grad) / 1e6, 3),
         "images_per_s": round(batch / step_s, 2),
         "step_ms": round(step_s * 1e3, 3),
         "first_step_s": None if first_s is None else round(first_s, 3),
-        "compile_s": round(first_s, 3) if args.compile and first_s is not None else None,
+        "compile_s": round(first_s, 3) if args.compile != "none" and first_s is not None else None,
         "flops_per_step": flops,
         "gflop_per_image": round(flops / batch / 1e9, 4),
         "tflop_per_s": round(flops / step_s / 1e12, 4),
         "peak_mem_gib": peak,
+        "host_syncs_per_step": syncs,
         "split_ms": split,
         "split_steps": args.split_steps,
         "torch": torch.__version__,
@@ -496,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
             except torch.cuda.OutOfMemoryError as e:
                 record, status = _oom_record(cfg, args, batch, e), 1
             print(json.dumps(record), flush=True)
-            _release(torch.device(args.device), args.compile)
+            _release(torch.device(args.device), args.compile != "none")
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

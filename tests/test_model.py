@@ -96,13 +96,49 @@ def test_encoder_state_dict_loads_into_plain_timm():
 
 def test_compiled_blocks_compute_the_same_losses():
     torch.manual_seed(0)
-    cfg = mimkit.load_config("pilamim+tiny")
+    cfg = mimkit.load_config("pilamim+tiny", ["objectives.latent.projector.kind=mlp"])
     model = mimkit.build_model(cfg)
     images = torch.randn(2, 3, model.input_size, model.input_size)
     torch.manual_seed(1)
     eager = model(images, progress=0.5)
-    assert model.compile_blocks(backend="eager") == 2 * 2 + 1 + 1  # context + EMA target, two decoders
+    # context + EMA target blocks, two decoders' blocks, the latent head's online + EMA projectors
+    assert model.compile_step("blocks", backend="eager") == 2 * 2 + 1 + 1 + 2
     torch.manual_seed(1)
     compiled = model(images, progress=0.5)
     for key in ("loss", "latent/loss", "pixel/loss", "cls/loss"):
         torch.testing.assert_close(compiled[key], eager[key])
+
+
+def test_compiled_step_is_one_graph_that_never_recompiles():
+    """compile_step("model") traced through AOTAutograd (inductor's code generation is left to
+    the CUDA tests): eager's losses and gradients, one graph without breaks, and no
+    recompilation as progress moves."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    cfg = mimkit.load_config("latent_mim+tiny", ["model.depth=1", "objectives.latent.decoder.depth=1", "objectives.latent.similarity.coef=0.1"])
+    model = mimkit.build_model(cfg)
+    images = torch.randn(2, 3, model.input_size, model.input_size)
+
+    def run(progress: float) -> tuple[dict, list]:
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)
+        out = model(images, progress=progress)
+        out["loss"].backward()
+        return out, [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    eager, eager_grads = run(0.25)
+    assert model.compile_step("model", backend="aot_eager") == 1
+    compiled, compiled_grads = run(0.25)
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+    for key in ("loss", "latent/loss", "latent/gamma", "latent/sim_pred"):
+        torch.testing.assert_close(compiled[key], eager[key], rtol=1e-4, atol=1e-5)
+    assert len(compiled_grads) == len(eager_grads)
+    for g_c, g_e in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(g_c, g_e, rtol=1e-3, atol=1e-5)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        later, _ = run(0.75)
+    assert later["latent/gamma"].item() != compiled["latent/gamma"].item()  # progress reached the graph
+    torch._dynamo.reset()

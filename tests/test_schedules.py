@@ -1,6 +1,7 @@
 import math
 
 import pytest
+import torch
 
 from mimkit.schedules import cosine_interp, interp, learning_rate, linear_interp, scaled_lr
 
@@ -27,3 +28,10 @@ def test_learning_rate_warmup_then_cosine():
 
 def test_linear_scaling_rule():
     assert scaled_lr(1.5e-4, 4096) == pytest.approx(2.4e-3)
+
+
+def test_cosine_interp_on_a_tensor_matches_the_float():
+    for p in (-0.5, 0.0, 0.3, 0.5, 1.0, 2.0):
+        got = cosine_interp(0.2, 0.9, torch.tensor(p))
+        assert isinstance(got, torch.Tensor) and got.shape == ()
+        assert got.item() == pytest.approx(cosine_interp(0.2, 0.9, p), abs=1e-6)

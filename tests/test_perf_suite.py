@@ -1,0 +1,72 @@
+"""scripts/perf_suite.py: the plan's integrity, resumable runs, and a report computed from records."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "perf_suite.py"
+TINY_BENCH = ("--preset", "latent_mim+tiny", "--device", "cpu", "--steps", "1", "--warmup", "0", "--batch", "4", "--split-steps", "1")
+
+
+@pytest.fixture(scope="module")
+def suite() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("mimkit_perf_suite", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_plan_names_are_unique_and_baselines_exist(suite: ModuleType) -> None:
+    plan = suite.build_plan("/data/imagenette", 8)
+    names = [r.name for r in plan.runs]
+    assert len(names) == len(set(names))
+    assert {r.group for r in plan.runs} == set(suite.GROUPS)
+    for run in plan.runs:
+        assert run.baseline is None or run.baseline in names, run.name
+        assert (SCRIPT.parent / run.script).exists()
+    # every reference row is measured at its batch, compiled
+    for preset, batches in suite.REFERENCE.items():
+        for b in batches:
+            assert plan.by_name()[f"{preset}/b{b}"].args == ("--preset", preset, "--batch", str(b), "--compile", "model")
+    # each ablation changes its baseline by switches only
+    for run in (r for r in plan.runs if r.group == "ablation"):
+        assert run.predicted and run.args[:4] == ("--preset", "latent_mim", "--batch", "256")
+    assert not [r for r in suite.build_plan(None, 8).runs if r.group == "data"]
+
+
+def test_execute_records_the_benchmark_lines_and_failures(suite: ModuleType) -> None:
+    ok = suite.execute(suite.Run("t/ok", "table", "bench.py", TINY_BENCH), timeout_s=300)
+    assert ok["rc"] == 0 and ok["records"][0]["batch"] == 4 and ok["records"][0]["images_per_s"] > 0
+    bad = suite.execute(suite.Run("t/bad", "table", "bench.py", ("--preset", "no_such_preset", "--device", "cpu")), timeout_s=300)
+    assert bad["rc"] == 2 and not bad["records"] and "no_such_preset" in bad["stderr_tail"]
+
+
+def test_finished_runs_are_skipped(suite: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    results = tmp_path / "perf.jsonl"
+    done = {"name": "masking/mae", "group": "masking", "command": "", "wall_s": 1.0, "rc": 0, "records": [{"variant": "device", "ms": 1.0}]}
+    results.write_text(json.dumps(done) + "\n" + '{"name": "torn')
+    assert suite.main(["run", "--results", str(results), "--groups", "masking", "--only", "masking/mae"]) == 0
+    assert "masking/mae" not in capsys.readouterr().out  # nothing ran
+    assert suite.read_results(results) == {"masking/mae": done}
+    assert suite.main(["run", "--results", str(results), "--groups", "nope"]) == 2
+
+
+def test_report_ratios_come_from_the_records(suite: ModuleType, tmp_path: Path) -> None:
+    entry = suite.execute(suite.Run("t", "table", "bench.py", TINY_BENCH), timeout_s=300)
+    rec = entry["records"][0]
+    results = {name: {**entry, "name": name} for name in ("latent_mim/b256", "latent_mim/b256/eager", "ablation/math attention")}
+    results["ablation/AdamW for-loop"] = {**entry, "name": "ablation/AdamW for-loop", "rc": 1, "records": []}
+    text = suite.render(results, suite.build_plan(None, 8))
+    ratio = rec["images_per_s"] / suite.REFERENCE["latent_mim"][256]
+    row = next(line for line in text.splitlines() if line.startswith("| latent_mim | 256 | none"))
+    assert f"| {ratio:.2f}x |" in row
+    assert "| math attention | latent_mim/b256/eager |" in text and "+0.0 %" in text
+    assert "| AdamW for-loop | latent_mim/b256/eager | failed (exit 1) |" in text
+    assert "| pilamim | 128 | model | not run |" in text
