@@ -42,6 +42,9 @@ class ModelConfig:
     num_heads: int | None = None
     drop_path_rate: float = 0.0
     grad_checkpointing: bool = False
+    # "learned": timm's trainable position table; "sincos": fixed 2-D sin-cos positions of the
+    # grid cells, not trained (MAE, Latent MIM), replacing any table loaded by init.encoder.
+    pos_embed: Literal["learned", "sincos"] = "learned"
 
 
 @dataclass

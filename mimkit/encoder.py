@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import timm
 import torch
+from timm.layers import build_sincos2d_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -113,6 +114,25 @@ def build_vit(cfg: RunConfig, kw: dict, source: str | None = None, key: str = "i
         return load_encoder(source, name=cfg.model.name, **kw)
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         raise ConfigError(f"{key}: {e}") from e
+
+
+def fix_sincos_positions(vit: VisionTransformer, grid: int) -> bool:
+    """Make ``vit``'s position table the fixed 2-D sin-cos embedding of its grid cells (prefix
+    slots zero) and stop training it. Returns whether the table held other values before."""
+    pe = vit.pos_embed  # (1, [prefix +] L, D)
+    if pe is None:
+        raise ConfigError(f"model.pos_embed: {type(vit).__name__} has no position table to fix")
+    dim = pe.shape[-1]
+    if dim % 4:
+        raise ConfigError(f"model.pos_embed: sincos needs an embedding width divisible by 4, got {dim}")
+    n = 0 if vit.no_embed_class else vit.num_prefix_tokens
+    table = torch.zeros_like(pe)
+    table[0, n:] = build_sincos2d_pos_embed([grid, grid], dim=dim).to(pe)
+    changed = not torch.equal(pe.detach(), table)
+    with torch.no_grad():
+        pe.copy_(table)
+    pe.requires_grad_(False)
+    return changed
 
 
 class ContextEncoder(nn.Module):

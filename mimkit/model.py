@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import Tensor, nn
 
@@ -12,10 +14,12 @@ from objectives.decoders import CrossBlock
 from objectives.projector import Projector
 
 from .config import ConfigError, RunConfig
-from .encoder import ContextEncoder, Geometry, build_vit, resolve_geometry
+from .encoder import ContextEncoder, Geometry, build_vit, fix_sincos_positions, resolve_geometry
 from .masking import gather_tokens, grid_offsets, num_visible, patchify, random_split
 from .schedules import interp
 from .target import TargetEncoder, ema_
+
+log = logging.getLogger(__name__)
 
 
 class MIMModel(nn.Module):
@@ -41,7 +45,13 @@ class MIMModel(nn.Module):
                 f"objectives.latent.similarity.coef: the regulariser needs >= 2 visible cells, masking.ratio="
                 f"{cfg.masking.ratio} leaves {self.num_visible} of {geometry.num_cells}"
             )
-        self.encoder = ContextEncoder(build_vit(cfg, kw, cfg.init.encoder), grad_checkpointing=cfg.model.grad_checkpointing)
+        vit = build_vit(cfg, kw, cfg.init.encoder)
+        if cfg.model.pos_embed == "sincos" and fix_sincos_positions(vit, geometry.grid) and cfg.init.encoder:
+            log.warning(
+                "model.pos_embed=sincos replaces the position table loaded from init.encoder with fixed sin-cos "
+                "positions; set model.pos_embed=learned to keep and train the loaded one"
+            )
+        self.encoder = ContextEncoder(vit, grad_checkpointing=cfg.model.grad_checkpointing)
         D = self.encoder.dim
 
         self.heads = nn.ModuleDict({name: OBJECTIVES[name](cfg, D, geometry) for name in OBJECTIVES if name in active})
@@ -69,6 +79,8 @@ class MIMModel(nn.Module):
                 "only ema and standalone targets can start from their own weights"
             )
         self.target.own.vit.load_state_dict(build_vit(cfg, kw, source, key="init.target").state_dict())
+        if cfg.model.pos_embed == "sincos":
+            fix_sincos_positions(self.target.own.vit, self.geometry.grid)
 
     @property
     def input_size(self) -> int:

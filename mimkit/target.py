@@ -46,7 +46,8 @@ class TargetEncoder(nn.Module):
         self.own: ContextEncoder | None = None
         if cfg.mode in ("ema", "standalone"):
             self.own = copy.deepcopy(context)
-            self.own.requires_grad_(cfg.mode == "standalone")
+            for own, ctx in zip(self.own.parameters(), context.parameters()):  # fixed tables stay fixed
+                own.requires_grad_(cfg.mode == "standalone" and ctx.requires_grad)
 
     @property
     def has_gradient(self) -> bool:

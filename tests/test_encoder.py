@@ -64,3 +64,51 @@ def test_grad_checkpointing_gives_the_same_gradients():
         enc.encode(p, idx).pow(2).sum().backward()
         grads.append(vit.blocks[0].attn.qkv.weight.grad.clone())
     torch.testing.assert_close(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("extra", [{}, {"no_embed_class": True}])
+def test_sincos_positions_are_fixed_sin_cos_of_the_cells(extra):
+    from mimkit.encoder import fix_sincos_positions
+
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, **{**TINY, **extra})
+    assert fix_sincos_positions(vit, grid=8)  # the random table was replaced
+    pe = vit.pos_embed[0]  # ([1 +] 64, 32)
+    n = 0 if extra else 1
+    assert not vit.pos_embed.requires_grad
+    assert torch.equal(pe[:n], torch.zeros(n, 32))  # the CLS slot adds nothing
+    cells = pe[n:]
+    assert cells.shape == (64, 32) and cells.abs().max() <= 1
+    # cell (0, 0): every sine is 0 and every cosine 1
+    assert sorted(cells[0].tolist()) == [0.0] * 16 + [1.0] * 16
+    assert torch.unique(cells, dim=0).shape[0] == 64  # every cell has its own code
+    assert not fix_sincos_positions(vit, grid=8)  # already in place
+
+
+def test_sincos_positions_stay_fixed_through_training():
+    import mimkit
+    from mimkit.trainer import make_optimizer
+
+    for mode in ("ema", "standalone"):
+        model = mimkit.build_model(mimkit.load_config("latent_mim+tiny", [f"target.mode={mode}"]))
+        before = model.encoder.vit.pos_embed.detach().clone()
+        opt = make_optimizer(model, model.cfg, 1e-2)
+        images = torch.randn(4, 3, model.input_size, model.input_size)
+        for _ in range(2):
+            model(images)["loss"].backward()
+            opt.step()
+            opt.zero_grad()
+            model.update_target(0.5)
+        assert torch.equal(model.encoder.vit.pos_embed, before)
+        assert torch.equal(model.target.own.vit.pos_embed, before)
+        assert not model.target.own.vit.pos_embed.requires_grad
+        assert model.target.own.vit.blocks[0].attn.qkv.weight.requires_grad == (mode == "standalone")
+
+
+def test_learned_positions_are_trained():
+    import mimkit
+
+    model = mimkit.build_model(mimkit.load_config("latent_mim+tiny", ["model.pos_embed=learned"]))
+    assert model.encoder.vit.pos_embed.requires_grad
+    images = torch.randn(4, 3, model.input_size, model.input_size)
+    model(images)["loss"].backward()
+    assert model.encoder.vit.pos_embed.grad.abs().sum() > 0

@@ -447,15 +447,35 @@ def test_init_encoder_and_init_target_through_the_config(tmp_path: Path) -> None
 
     ctx, tgt = tiny_vit(19), tiny_vit(23)
     ctx_dir, tgt_dir = save_pretrained(ctx, tmp_path / "ctx"), save_pretrained(tgt, tmp_path / "tgt")
-    model = mimkit.build_model(mimkit.load_config("latent_mim+tiny", [f"init.encoder={ctx_dir}", f"init.target={tgt_dir}"]))
+    learned = "model.pos_embed=learned"  # keep the loaded position tables
+    model = mimkit.build_model(mimkit.load_config("latent_mim+tiny", [learned, f"init.encoder={ctx_dir}", f"init.target={tgt_dir}"]))
     assert_state_equal(model.encoder.vit, ctx.state_dict())
     assert_state_equal(model.target.own.vit, tgt.state_dict())
-    same = mimkit.build_model(mimkit.load_config("latent_mim+tiny", [f"init.encoder={ctx_dir}", "init.target=same"]))
+    same = mimkit.build_model(mimkit.load_config("latent_mim+tiny", [learned, f"init.encoder={ctx_dir}", "init.target=same"]))
     assert_state_equal(same.target.own.vit, ctx.state_dict())
     with pytest.raises(mimkit.ConfigError, match="init.target: target.mode='stopgrad'"):
         mimkit.build_model(mimkit.load_config("latent_mim+tiny", ["target.mode=stopgrad", f"init.target={tgt_dir}"]))
     with pytest.raises(mimkit.ConfigError, match="init.encoder: checkpoint not found"):
         mimkit.build_model(mimkit.load_config("latent_mim+tiny", [f"init.encoder={tmp_path / 'nope'}"]))
+
+
+def test_sincos_positions_replace_loaded_ones_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import mimkit
+    from mimkit.encoder import fix_sincos_positions
+
+    ctx, tgt = tiny_vit(19), tiny_vit(23)
+    ctx_dir, tgt_dir = save_pretrained(ctx, tmp_path / "ctx"), save_pretrained(tgt, tmp_path / "tgt")
+    with caplog.at_level("WARNING", logger="mimkit.model"):
+        model = mimkit.build_model(mimkit.load_config("latent_mim+tiny", [f"init.encoder={ctx_dir}", f"init.target={tgt_dir}"]))
+    assert "model.pos_embed=sincos replaces the position table loaded from init.encoder" in caplog.text
+    fix_sincos_positions(ctx, grid=8)
+    fix_sincos_positions(tgt, grid=8)
+    assert_state_equal(model.encoder.vit, ctx.state_dict())  # everything else loaded as it was
+    assert_state_equal(model.target.own.vit, tgt.state_dict())
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mimkit.model"):
+        mimkit.build_model(mimkit.load_config("latent_mim+tiny"))  # random init: nothing to warn about
+    assert "pos_embed" not in caplog.text
 
 
 def test_train_py_starts_from_a_hub_id_in_an_offline_cache(tmp_path: Path, offline_cache: Path) -> None:
