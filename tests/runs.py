@@ -3,15 +3,26 @@ multi-process launches)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--preset", "latent_mim+tiny", "train.batch_size=16", "data.num_workers=0", "train.trackers=[none]"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def load_script(name: str) -> ModuleType:
+    """scripts/<name>.py imported as a module (registered, so its dataclasses resolve)."""
+    spec = importlib.util.spec_from_file_location(f"mimkit_script_{name}", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def reset_accelerate() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -16,6 +15,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import mimkit
 
+from .runs import load_script
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
 TINY = ["--preset", "latent_mim+tiny", "--device", "cpu", "--steps", "2", "--warmup", "1", "--batch", "4", "--split-steps", "1"]
 KEYS = {
@@ -27,11 +28,7 @@ KEYS = {
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("mimkit_bench_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench")
 
 
 def run(bench: ModuleType, capsys: pytest.CaptureFixture, argv: list[str]) -> list[dict]:
@@ -152,10 +149,7 @@ def test_math_attention_switch_runs_the_math_kernel(bench: ModuleType) -> None:
 
 @pytest.mark.parametrize("gap", [0, 1])
 def test_masking_bench_times_three_paths_that_cut_the_same_patches(capsys: pytest.CaptureFixture, gap: int) -> None:
-    path = SCRIPT.parent / "bench_masking.py"
-    spec = importlib.util.spec_from_file_location("mimkit_bench_masking", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("bench_masking")
     argv = ["--preset", "latent_mim+tiny", "--device", "cpu", "--batch", "4", "--reps", "2", f"masking.gap={gap}"]
     assert module.main(argv) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

@@ -1,7 +1,6 @@
 """scripts/evaluate.py, compare.py and segment.py on tiny checkpoints and the embedded images."""
 
 import csv
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,16 +14,11 @@ from PIL import Image
 
 from mimkit.config import load_config
 
+from .runs import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--max-train", "64", "--max-eval", "32", "--batch-size", "32", "--num-workers", "0", "--linear-epochs", "2",
         "--fewshot-shots", "2", "--fewshot-iterations", "5", "--fewshot-seeds", "0", "1"]
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"mimkit_script_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def make_run(root: Path, preset: str, seed: int) -> Path:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from .runs import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "perf_suite.py"
 TINY_BENCH = ("--preset", "latent_mim+tiny", "--device", "cpu", "--steps", "1", "--warmup", "0", "--batch", "4", "--split-steps", "1")
@@ -16,11 +16,7 @@ TINY_BENCH = ("--preset", "latent_mim+tiny", "--device", "cpu", "--steps", "1", 
 
 @pytest.fixture(scope="module")
 def suite() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("mimkit_perf_suite", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("perf_suite")
 
 
 def test_plan_names_are_unique_and_baselines_exist(suite: ModuleType) -> None:

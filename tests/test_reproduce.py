@@ -3,7 +3,6 @@ run / skip / resume / fail loop (tiny real runs on the embedded slice, and a fak
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import sys
@@ -14,18 +13,12 @@ import yaml
 
 from mimkit.config import load_config
 
+from .runs import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_reproduce():
-    spec = importlib.util.spec_from_file_location("mimkit_script_reproduce", ROOT / "scripts" / "reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-rp = _load_reproduce()
+rp = load_script("reproduce")
 
 EVAL_ARGS = "--max-train 200 --max-eval 100 --protocols nn sim --num-workers 0 --batch-size 100"
 TINY = ["--cifar10", "embedded", "--imagenette", "embedded", "--overlay", "tiny", "--batch", "16", "--tables", "main",
