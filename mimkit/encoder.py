@@ -116,6 +116,11 @@ def build_vit(cfg: RunConfig, kw: dict, source: str | None = None, key: str = "i
         raise ConfigError(f"{key}: {e}") from e
 
 
+def sincos_positions(grid: int, dim: int) -> Tensor:
+    """(grid * grid, dim) fixed 2-D sin-cos embedding, row-major cells."""
+    return build_sincos2d_pos_embed([grid, grid], dim=dim)
+
+
 def fix_sincos_positions(vit: VisionTransformer, grid: int) -> bool:
     """Make ``vit``'s position table the fixed 2-D sin-cos embedding of its grid cells (prefix
     slots zero) and stop training it. Returns whether the table held other values before."""
@@ -127,7 +132,7 @@ def fix_sincos_positions(vit: VisionTransformer, grid: int) -> bool:
         raise ConfigError(f"model.pos_embed: sincos needs an embedding width divisible by 4, got {dim}")
     n = 0 if vit.no_embed_class else vit.num_prefix_tokens
     table = torch.zeros_like(pe)
-    table[0, n:] = build_sincos2d_pos_embed([grid, grid], dim=dim).to(pe)
+    table[0, n:] = sincos_positions(grid, dim).to(pe)
     changed = not torch.equal(pe.detach(), table)
     with torch.no_grad():
         pe.copy_(table)

@@ -85,6 +85,14 @@ def random_split(
     return order[:, :nv], order[:, nv:]
 
 
+def draw_masks(batch: int, num_cells: int, gap: int, ratio: float, device: torch.device) -> tuple[Tensor | None, Tensor, Tensor]:
+    """One step's randomness, drawn on ``device`` from torch's global RNG: gap offsets
+    (B, L, 2) (None when gap is 0), then the visible (B, Nv) and target (B, Nt) indices."""
+    offsets = grid_offsets(batch, num_cells, gap, device) if gap else None
+    visible, target = random_split(batch, num_cells, ratio, device)
+    return offsets, visible, target
+
+
 def gather_tokens(x: Tensor, idx: Tensor) -> Tensor:
     """x: (B, L, D), idx: (B, N) -> (B, N, D)."""
     return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))

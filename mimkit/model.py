@@ -15,7 +15,7 @@ from objectives.projector import Projector
 
 from .config import ConfigError, RunConfig
 from .encoder import ContextEncoder, Geometry, build_vit, fix_sincos_positions, resolve_geometry
-from .masking import gather_tokens, grid_offsets, num_visible, patchify, random_split
+from .masking import draw_masks, gather_tokens, num_visible, patchify
 from .schedules import interp
 from .target import TargetEncoder, ema_
 
@@ -115,9 +115,8 @@ class MIMModel(nn.Module):
         """Masking + ``forward_split`` for rows [start, start + B) of a global batch of ``total``."""
         g = self.geometry
         rows = slice(start, start + images.shape[0])
-        offsets = grid_offsets(total, g.num_cells, g.gap, images.device)[rows] if g.gap else None
-        patches = patchify(images, g.patch, g.gap, offsets)  # (B, L, C*P*P)
-        visible_idx, target_idx = random_split(total, g.num_cells, self.ratio, images.device)  # (total, Nv), (total, Nt)
+        offsets, visible_idx, target_idx = draw_masks(total, g.num_cells, g.gap, self.ratio, images.device)  # for all rows
+        patches = patchify(images, g.patch, g.gap, offsets[rows] if offsets is not None else None)  # (B, L, C*P*P)
         return self.forward_split(patches, visible_idx[rows], target_idx[rows], progress)
 
     def forward_split(self, patches: Tensor, visible_idx: Tensor, target_idx: Tensor, progress: float | Tensor = 0.0) -> dict[str, Tensor]:

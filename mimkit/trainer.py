@@ -117,6 +117,11 @@ ADAMW_IMPLS: dict[str, dict[str, bool]] = {
 }
 
 
+def default_adamw_impl(device_type: str) -> str:
+    """The kernels a training run uses: fused on CUDA, torch's choice elsewhere."""
+    return "fused" if device_type == "cuda" else "default"
+
+
 def make_optimizer(model: torch.nn.Module, cfg: RunConfig, lr: float, impl: str = "default") -> torch.optim.AdamW:
     """The run's AdamW: ``param_groups``, ``train.betas``, the ``ADAMW_IMPLS[impl]`` kernels."""
     tr = cfg.train
@@ -231,7 +236,7 @@ class Trainer:
             pin_memory=torch.cuda.is_available(),
             generator=torch.Generator().manual_seed(tr.seed),  # keeps the global RNG (masks) untouched
         )
-        optimizer = make_optimizer(model, cfg, self.plan.peak_lr, "fused" if torch.cuda.is_available() else "default")
+        optimizer = make_optimizer(model, cfg, self.plan.peak_lr, default_adamw_impl("cuda" if torch.cuda.is_available() else "cpu"))
         self.model, self.optimizer, self.loader = accelerator.prepare(model, optimizer, loader)
         self.core: MIMModel = accelerator.unwrap_model(self.model)
         self.state = ckpt.TrainerState(step=0, epoch=0, batch_in_epoch=0)

@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.layers import Attention, Mlp, build_sincos2d_pos_embed, trunc_normal_
+from timm.layers import Attention, Mlp, trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from mimkit.config import DecoderConfig
-
-
-def sincos_positions(grid: int, dim: int) -> Tensor:
-    """(grid * grid, dim) fixed 2-D sin-cos embedding, row-major cells."""
-    return build_sincos2d_pos_embed([grid, grid], dim=dim)
+from mimkit.encoder import sincos_positions
 
 
 def init_weights(module: nn.Module) -> None:

@@ -255,7 +255,9 @@ def make_runner(cfg: RunConfig, args: argparse.Namespace, batch: int, compile_mo
 
 
 def adamw_impl(args: argparse.Namespace) -> str:
-    return args.adamw or ("fused" if args.device == "cuda" else "default")
+    from mimkit.trainer import default_adamw_impl
+
+    return args.adamw or default_adamw_impl(args.device)
 
 
 # --------------------------------------------------------------------------- images

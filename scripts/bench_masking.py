@@ -31,16 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mimkit.config import ConfigError, load_config  # noqa: E402
 from mimkit.encoder import Geometry, resolve_geometry  # noqa: E402
-from mimkit.masking import gather_tokens, grid_offsets, num_visible, patchify, random_split  # noqa: E402
+from mimkit.masking import draw_masks, gather_tokens, grid_offsets, num_visible, patchify  # noqa: E402
 
 Masks = tuple[Tensor | None, Tensor, Tensor]  # offsets (B, L, 2) or None, visible (B, Nv), target (B, Nt)
 Cut = tuple[Tensor, Tensor]  # visible patches (B, Nv, C*P*P), target patches (B, Nt, C*P*P)
 
 
 def draw(g: Geometry, ratio: float, batch: int, device: torch.device) -> Masks:
-    offsets = grid_offsets(batch, g.num_cells, g.gap, device) if g.gap else None
-    visible, target = random_split(batch, g.num_cells, ratio, device)
-    return offsets, visible, target
+    return draw_masks(batch, g.num_cells, g.gap, ratio, device)
 
 
 def cut(images: Tensor, g: Geometry, masks: Masks) -> Cut:

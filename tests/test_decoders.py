@@ -4,7 +4,8 @@ import torch
 from torch import nn
 
 from mimkit.config import DecoderConfig
-from objectives.decoders import CrossAttention, CrossAttnDecoder, SelfAttnDecoder, sincos_positions
+from mimkit.encoder import sincos_positions
+from objectives.decoders import CrossAttention, CrossAttnDecoder, SelfAttnDecoder
 
 GRID = 4  # 16 cells
 
