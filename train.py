@@ -1,18 +1,18 @@
 """Pretrain with mimkit.
 
     accelerate launch train.py --preset latent_mim [--data DIR_OR_HUB_ID] [--output DIR] [--resume [PATH]] [key=value ...]
-    python train.py                     # the embedded default: a tiny ViT on a CIFAR-10 slice, CPU-sized
+    python train.py                     # the embedded default: Latent MIM at micro scale on a CIFAR-10 slice, CPU-sized
 
-Presets: latent_mim, mae, pilamim, naive_latent_mim; stack overlays with '+' (latent_mim+tiny).
+Presets: latent_mim, mae, pilamim, naive_latent_mim; stack scale overlays with '+' (latent_mim+micro, mae+micro64).
 Any config key can be overridden as dotted key=value (train.batch_size=512 masking.ratio=0.75).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 DEFAULT_PRESET = "default"
@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     from mimkit.checkpoint import CheckpointError
     from mimkit.config import ConfigError, load_config
+    from mimkit.summary import end_message
     from mimkit.trainer import CollapseError, fit, make_accelerator
 
     overrides = list(args.overrides)
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"data.source={args.data}")
     if args.output:
         overrides.append(f"train.output_dir={args.output}")
+    start = time.perf_counter()
     try:
         cfg = load_config(args.preset, overrides)
         accelerator = make_accelerator(cfg, cfg.train.output_dir)
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 3
     if accelerator.is_main_process:
-        print(json.dumps(summary, indent=1))
+        print(end_message(summary, cfg.train.output_dir, time.perf_counter() - start, accelerator.mixed_precision))
     return 0
 
 

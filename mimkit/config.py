@@ -61,6 +61,9 @@ class DataConfig:
     image_size: int | None = None  # training crop side = grid * (patch + gap); None derives it
     train_split: str = "train"
     eval_split: str | None = None  # None: "test" or "validation" when present
+    # > 0: carve this many seeded-random train images out as the evaluation split ("holdout"),
+    # a validation split for choosing hyperparameters; the test split is then never read.
+    holdout: int = 0
     image_column: str | None = None  # None: detected
     label_column: str | None = None  # None: detected
     crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])
@@ -165,7 +168,8 @@ class TrainConfig:
     weight_decay: float = 0.05
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     clip_grad: float | None = None
-    mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
+    # "auto": bf16 on a CUDA GPU with bf16 or a CPU with native bf16 matrix instructions, else fp32
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     # torch.compile: "model" compiles the whole masked step as one graph, "blocks" each
     # transformer block and projector, "none" runs eagerly.
     compile: Literal["none", "blocks", "model"] = "none"
@@ -173,6 +177,11 @@ class TrainConfig:
     save_every: int = 1000
     keep_last: int = 3
     eval_every_epochs: int | None = None  # NN evaluation during training; None: only at the end
+    # At the end the encoder is scored by NN (leave-one-out on the eval split) and weighted k-NN
+    # (this many seeded-random train images as the memory bank; 0: no k-NN). eval_baseline also
+    # scores the encoder at initialisation, on the same images, before the first step.
+    eval_knn_train: int = 10000
+    eval_baseline: bool = True
     trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
     output_dir: str = "outputs/run"
     # A non-finite loss: "error" stops (checked at each log, no per-step sync) after saving a
@@ -297,10 +306,18 @@ def load_config(preset_or_path: str = "latent_mim", overrides: list[str] | tuple
     raw: dict[str, Any] = {}
     for part in preset_or_path.split("+"):
         raw = deep_merge(raw, _load_layer(_resolve_preset(part.strip())))
-    for item in overrides:
-        raw = deep_merge(raw, parse_override(item))
     raw.pop("preset", None)
+    scale = raw.pop("scale", None)
     cfg = from_dict(RunConfig, raw)
+    if scale is not None:  # a scale overlay (micro): resize the heads, before the overrides
+        from .scale import ScaleRule, apply_scale
+
+        cfg = apply_scale(cfg, ScaleRule.from_dict(scale, f"preset {preset_or_path!r}"))
+    tail: dict[str, Any] = {}
+    for item in overrides:
+        tail = deep_merge(tail, parse_override(item))
+    tail.pop("preset", None)
+    cfg = from_dict(RunConfig, tail, base=cfg)
     cfg.preset = preset_or_path
     validate(cfg)
     return cfg
@@ -439,6 +456,7 @@ def validate(cfg: RunConfig) -> None:
     _require(all(s > 0 for s in d.std), f"data.std: {d.std} must be positive")
     _require(d.image_size is None or d.image_size > 0, f"data.image_size: {d.image_size} must be positive")
     _require(d.decode_size is None or d.decode_size > 0, f"data.decode_size: {d.decode_size} must be positive")
+    _require(d.holdout >= 0, f"data.holdout: {d.holdout} must be >= 0")
 
     active = o.active()
     _require(bool(active), "objectives: every head has weight 0; set objectives.<latent|pixel|cls>.weight")
@@ -498,5 +516,6 @@ def validate(cfg: RunConfig) -> None:
         tr.eval_every_epochs is None or tr.eval_every_epochs >= 1,
         f"train.eval_every_epochs: {tr.eval_every_epochs} must be >= 1 or null",
     )
+    _require(tr.eval_knn_train >= 0, f"train.eval_knn_train: {tr.eval_knn_train} must be >= 0")
     unknown = [x for x in tr.trackers if x not in ("tensorboard", "wandb", "none")]
     _require(not unknown, f"train.trackers: {unknown} not supported; use tensorboard, wandb or none")

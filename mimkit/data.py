@@ -241,6 +241,26 @@ def load_splits(cfg: DataConfig) -> Splits:
         raise ConfigError(f"data.train_split: {cfg.train_split!r} not in the splits of {cfg.source!r}: {list(ds)}")
     if len(ds[cfg.train_split]) == 0:
         raise ConfigError(f"data.source: split {cfg.train_split!r} of {cfg.source!r} is empty")
-    eval_split = pick_eval_split(ds, cfg.eval_split)
+    if cfg.holdout:
+        ds = carve_holdout(ds, cfg.train_split, cfg.holdout)
+        eval_split = HOLDOUT_SPLIT
+    else:
+        eval_split = pick_eval_split(ds, cfg.eval_split)
     image_column, label_column = detect_columns(ds[cfg.train_split].features, cfg.image_column, cfg.label_column)
     return Splits(ds, cfg.train_split, eval_split, image_column, label_column)
+
+
+HOLDOUT_SPLIT = "holdout"
+
+
+def carve_holdout(ds: datasets.DatasetDict, train_split: str, n: int, seed: int = 0) -> datasets.DatasetDict:
+    """``n`` seeded-random rows of the train split become the ``holdout`` split (a validation
+    split carved from train, for choosing hyperparameters without touching the test split);
+    the train split keeps the rest."""
+    train = ds[train_split]
+    if n >= len(train):
+        raise ConfigError(f"data.holdout: {n} leaves no training image (split {train_split!r} has {len(train)})")
+    parts = train.train_test_split(test_size=n, shuffle=True, seed=seed)
+    out = datasets.DatasetDict(dict(ds))
+    out[train_split], out[HOLDOUT_SPLIT] = parts["train"], parts["test"]
+    return out

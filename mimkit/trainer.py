@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +24,10 @@ from torch.utils.data import DataLoader
 from . import checkpoint as ckpt
 from .augment import finish_batch
 from .config import ConfigError, RunConfig, flatten
-from .data import ImageDataset, Splits, collate, eval_transform, load_splits, train_transform
+from .data import collate, load_splits, train_transform
+from .eval.monitor import build_monitor
 from .model import MIMModel, build_model
+from .precision import default_device_type, resolve_precision
 from .schedules import learning_rate, scaled_lr
 
 log = logging.getLogger("mimkit")
@@ -36,10 +39,11 @@ _NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token", "mask_token", "cls_que
 def make_accelerator(cfg: RunConfig, output_dir: str | Path) -> Accelerator:
     """An Accelerator for ``cfg.train``; trackers that are not installed are left out with a warning."""
     trackers = [t for t in cfg.train.trackers if t != "none" and _tracker_available(t)]
-    mixed = cfg.train.mixed_precision
-    if mixed == "fp16" and not torch.cuda.is_available():
+    requested, device_type = cfg.train.mixed_precision, default_device_type()
+    mixed = resolve_precision(requested, device_type)
+    if requested == "fp16" and mixed != "fp16":
         log.warning("train.mixed_precision=fp16 needs a GPU; running in fp32 on the CPU")
-        mixed = "no"
+    log.info("precision: %s on %s (train.mixed_precision=%s)", "fp32" if mixed == "no" else f"{mixed} autocast", device_type, requested)
     return Accelerator(
         mixed_precision=mixed,
         gradient_accumulation_steps=cfg.train.grad_accum,
@@ -186,26 +190,6 @@ class JsonlLog:
         return next((r[key] for r in reversed(self.records()) if key in r), None)
 
 
-def _eval_dataset(cfg: RunConfig, splits: Splits, model: MIMModel) -> ImageDataset | None:
-    if splits.eval is None or splits.label_column is None:
-        return None
-    return splits.dataset(splits.eval, eval_transform(model.geometry.native_size, cfg.data))
-
-
-def _nn_eval(model: MIMModel, dataset: ImageDataset | None, accelerator: Accelerator, batch: int) -> float | None:
-    """Leave-one-out 1-NN accuracy (the Latent MIM protocol) of the context encoder."""
-    if dataset is None:
-        return None
-    from .eval import nn_accuracy
-
-    was_training = model.training
-    model.eval()
-    try:
-        return nn_accuracy(model.encoder.vit, dataset, batch_size=batch, accelerator=accelerator)
-    finally:
-        model.train(was_training)
-
-
 class CollapseError(RuntimeError):
     """The collapse monitor stayed above ``train.collapse_threshold`` with ``collapse_action: stop``."""
 
@@ -225,7 +209,7 @@ class Trainer:
             log.info("train.compile=%s: %d compiled units", tr.compile, model.compile_step(tr.compile))
         self.train_set = splits.dataset(splits.train, train_transform(model.input_size, cfg.data), seed=tr.seed, on_error="substitute")
         self.plan = make_plan(cfg, accelerator.num_processes, len(self.train_set))
-        self.eval_set = _eval_dataset(cfg, splits, model)
+        self.monitor = build_monitor(splits, cfg.data, model.geometry.native_size, tr.eval_knn_train, self.plan.micro_batch)
         loader = DataLoader(
             self.train_set,
             batch_size=self.plan.micro_batch,
@@ -247,7 +231,6 @@ class Trainer:
         self.first_bad_step = torch.full((), -1, dtype=torch.long, device=dev)  # first non-finite step
         self.bad_heads = torch.zeros(len(self.core.heads) + 1, dtype=torch.bool, device=dev)  # heads..., total
         self.collapse_streak = 0
-        self.nn_history: list[dict[str, float]] = []
         self._clock = (time.perf_counter(), 0)  # (start of the log interval, images since)
         self._lr = self.plan.peak_lr
         self._momentum: float | None = None
@@ -327,6 +310,9 @@ class Trainer:
             (self.out / "config.yaml").write_text(self.cfg.to_yaml())
         if acc.trackers:
             acc.init_trackers("mimkit", config=_flat(self.cfg.to_dict()))
+        self.jsonl.write({"step": state.step, "epoch": state.epoch, "event": "start", "device": acc.device.type,
+                          "mixed_precision": acc.mixed_precision, "processes": acc.num_processes})
+        baseline = self._baseline()
         bar = _progress(plan.total_steps, state.step, self.main)
         self._clock = (time.perf_counter(), 0)
         self.model.train()
@@ -353,7 +339,7 @@ class Trainer:
                 if tr.eval_every_epochs and state.epoch % tr.eval_every_epochs == 0:
                     self._eval_during_training()
         bar.close()
-        return self._finish()
+        return self._finish(baseline)
 
     def _micro_step(self, batch: dict[str, torch.Tensor]) -> bool:
         """Forward/backward one micro-batch; True when an optimizer step completed."""
@@ -453,27 +439,49 @@ class Trainer:
         self._check_collapse(record)
         return record
 
-    def _eval_during_training(self) -> None:
-        acc = _nn_eval(self.core, self.eval_set, self.accelerator, self.plan.micro_batch)
-        if acc is None:
-            return
-        self.nn_history.append({"step": self.state.step, "epoch": self.state.epoch, "nn": acc})
-        self.jsonl.write({"step": self.state.step, "epoch": self.state.epoch, "eval/nn": acc})
-        self.accelerator.log({"eval/nn": acc}, step=self.state.step)
+    def _evaluate(self, at: str, knn: bool) -> dict[str, float]:
+        """Score the context encoder (NN, and k-NN when asked) and log it as ``eval/*`` with
+        ``eval/at`` = init | epoch | end; {} when the data has no labelled eval split."""
+        if self.monitor is None:
+            return {}
+        scores = self.monitor.score(self.core.encoder.vit, self.accelerator, knn=knn)
+        record = {f"eval/{k}": v for k, v in scores.items()}
+        self.jsonl.write({"step": self.state.step, "epoch": self.state.epoch, **record, "eval/at": at})
+        self.accelerator.log(record, step=self.state.step)
+        return scores
 
-    def _finish(self) -> dict[str, Any]:
+    def _eval_during_training(self) -> None:
+        self._evaluate("epoch", knn=False)
+
+    def _baseline(self) -> dict[str, float]:
+        """The encoder at initialisation: scored before the first step, read back on resume."""
+        if not self.cfg.train.eval_baseline:
+            return {}
+        for r in self.jsonl.records():
+            if r.get("eval/at") == "init":
+                return {k.split("/", 1)[1]: v for k, v in r.items() if k in ("eval/nn", "eval/knn")}
+        return self._evaluate("init", knn=True) if self.state.step == 0 else {}
+
+    def _finish(self, baseline: dict[str, float]) -> dict[str, Any]:
         final = self.save()
-        nn = _nn_eval(self.core, self.eval_set, self.accelerator, self.plan.micro_batch)
+        scores = self._evaluate("end", knn=True)
+        history = [{"step": r["step"], "epoch": r["epoch"], "nn": r["eval/nn"]} for r in self.jsonl.records() if "eval/nn" in r]
         summary = {
             "preset": self.cfg.preset,
             "steps": self.state.step,
             "epochs": round(self.state.step / self.plan.steps_per_epoch, 3),
             "images_seen": self.state.step * self.cfg.train.batch_size,
             "final_loss": self.jsonl.last("loss"),
-            "nn": nn,
-            "nn_history": self.nn_history,
+            "nn": scores.get("nn"),
+            "knn": scores.get("knn"),
+            "init": baseline or None,
+            "chance": self.monitor.chance if self.monitor else None,
+            "eval_images": len(self.monitor.eval_set) if self.monitor else None,
+            "knn_train_images": len(self.monitor.knn_bank) if self.monitor and self.monitor.knn_bank else None,
+            "nn_history": history,
             "skipped_images": self.state.skipped_images,
             "nonfinite_steps": self.state.nonfinite_steps,
+            "mixed_precision": self.accelerator.mixed_precision,
             "checkpoint": str(final),
             "encoder": str(self.out / "encoder"),
         }
@@ -500,4 +508,6 @@ def _flat(d: dict[str, Any]) -> dict[str, Any]:
 def _progress(total: int, done: int, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=done, disable=not enabled, desc="pretrain", unit="step", dynamic_ncols=True)
+    # to a terminal: live; to a log file: a line every 30 s rather than one per step
+    interval = 0.1 if sys.stderr.isatty() else 30.0
+    return tqdm(total=total, initial=done, disable=not enabled, desc="pretrain", unit="step", dynamic_ncols=True, mininterval=interval)

@@ -72,6 +72,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mimkit.config import ConfigError, RunConfig, load_config  # noqa: E402
 from mimkit.platform_info import cpu_model  # noqa: E402
+from mimkit.precision import resolve_precision  # noqa: E402
 
 PROGRESS = 0.0
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
@@ -245,7 +246,7 @@ def make_runner(cfg: RunConfig, args: argparse.Namespace, batch: int, compile_mo
     model = mimkit.build_model(cfg).to(device).train()
     if compile_mode != "none":
         model.compile_step(compile_mode)
-    dtype = PRECISIONS[args.precision or default_precision(cfg)]
+    dtype = PRECISIONS[args.precision or default_precision(cfg, device.type)]
     scaler = torch.amp.GradScaler(device.type) if dtype is torch.float16 else None
     optimizer = make_optimizer(model, cfg, scaled_lr(cfg.train.base_lr, batch), adamw_impl(args))
     return StepRunner(
@@ -404,8 +405,9 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
 
 
-def default_precision(cfg: RunConfig) -> str:
-    return _CONFIG_PRECISION[cfg.train.mixed_precision]
+def default_precision(cfg: RunConfig, device_type: str) -> str:
+    """train.mixed_precision resolved for the device as training resolves it (``auto`` included)."""
+    return _CONFIG_PRECISION[resolve_precision(cfg.train.mixed_precision, device_type)]
 
 
 def count_host_syncs(runner: StepRunner, images: Tensor) -> int | None:
@@ -450,7 +452,7 @@ def bench_one(cfg: RunConfig, args: argparse.Namespace, batch: int) -> dict[str,
         "warmup": warmup,
         "device": device.type,
         "device_name": device_name(device),
-        "precision": args.precision or default_precision(cfg),
+        "precision": args.precision or default_precision(cfg, device.type),
         "compile": args.compile,
         "attn": args.attn,
         "adamw": adamw_impl(args),

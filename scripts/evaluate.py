@@ -3,6 +3,8 @@
     python scripts/evaluate.py --checkpoint outputs/run                  # data from its config.yaml
     python scripts/evaluate.py --checkpoint hf-hub:timm/vit_base_patch16_224.mae --data ../shared/data/imagenette
     accelerate launch scripts/evaluate.py --checkpoint outputs/run --out outputs/run/metrics.json
+    python scripts/evaluate.py --checkpoint outputs/run --baseline init     # that run's encoder before training
+    python scripts/evaluate.py --checkpoint outputs/run --baseline pixels   # raw pixels, same images and protocols
 
 Protocols (top-1 in percent unless said otherwise):
   nn       1-nearest-neighbour, leave-one-out within the eval split, on the L2-normalised mean patch

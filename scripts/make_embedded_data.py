@@ -1,7 +1,7 @@
 """Rebuild the embedded default dataset (mimkit/assets/cifar10_small) from a CIFAR-10 copy in
 the Hub's parquet layout: the first N images of each class of each split, in file order.
 
-    python scripts/make_embedded_data.py --source /path/to/cifar10 --train-per-class 400 --test-per-class 100
+    python scripts/make_embedded_data.py --source /path/to/cifar10 --train-per-class 1000 --test-per-class 100
 """
 
 from __future__ import annotations
@@ -27,15 +27,16 @@ def first_per_class(ds: datasets.Dataset, per_class: int) -> datasets.Dataset:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--source", required=True, help="CIFAR-10 in the Hub's parquet layout (train/test splits)")
-    ap.add_argument("--train-per-class", type=int, default=400)
+    ap.add_argument("--train-per-class", type=int, default=1000)
     ap.add_argument("--test-per-class", type=int, default=100)
+    ap.add_argument("--out", type=Path, default=OUT, help="where to write train.parquet and test.parquet (default: the package's)")
     args = ap.parse_args()
     ds = datasets.load_dataset(args.source)
-    OUT.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", args.train_per_class), ("test", args.test_per_class)):
         part = first_per_class(ds[split], n)
-        part.to_parquet(str(OUT / f"{split}.parquet"))
-        print(f"{split}: {len(part)} images -> {OUT / f'{split}.parquet'}")
+        part.to_parquet(str(args.out / f"{split}.parquet"))
+        print(f"{split}: {len(part)} images -> {args.out / f'{split}.parquet'}")
 
 
 if __name__ == "__main__":

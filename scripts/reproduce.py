@@ -24,10 +24,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 SCRIPTS = Path(__file__).resolve().parent
 ROOT = SCRIPTS.parent
@@ -55,6 +55,8 @@ class DatasetSpec:
     gap: int  # gap of the latent runs: patch / 4, the paper's 16:4
     epochs: int
     num_classes: int = 10
+    overlay: str | None = None  # a scale overlay stacked on every preset (micro, micro64)
+    holdout: int = 0  # train images held out for the learning-rate sweep
 
     @property
     def grid(self) -> int:
@@ -67,7 +69,7 @@ class DatasetSpec:
         resize = f"{self.image_px} px" if self.image_px == self.native else f"{self.image_px} px resized to {self.native} px"
         return (
             f"{resize}, patch {self.patch}, {self.grid}×{self.grid} grid; training crop {self.crop(0)} px "
-            f"(gap 0) or {self.crop(self.gap)} px (gap {self.gap})"
+            f"(gap 0) or {self.crop(self.gap)} px (gap {self.gap})" + (f"; overlay `{self.overlay}`" if self.overlay else "")
         )
 
 
@@ -75,12 +77,57 @@ DATASETS: dict[str, DatasetSpec] = {
     "cifar10": DatasetSpec("cifar10", "CIFAR-10", image_px=32, patch=4, native=56, gap=1, epochs=4),
     "imagenette": DatasetSpec("imagenette", "Imagenette", image_px=112, patch=8, native=112, gap=2, epochs=20),
 }
-MAIN_PRESETS = ("naive_latent_mim", "mae", "latent_mim", "pilamim")
+# The micro scale (a 2-core CPU): an 8x8 grid, the `micro` / `micro64` overlays' 192-wide, 6-deep ViT.
+MICRO_DATASETS: dict[str, DatasetSpec] = {
+    "cifar10": DatasetSpec("cifar10", "CIFAR-10", image_px=32, patch=4, native=32, gap=1, epochs=4, overlay="micro", holdout=5000),
+    "imagenette": DatasetSpec("imagenette", "Imagenette", image_px=112, patch=8, native=64, gap=2, epochs=20, overlay="micro64",
+                              holdout=1000),
+}
+MAIN_PRESETS = ("naive_latent_mim", "mae", "latent_mim", "pilamim")  # the table's rows
+RUN_ORDER = ("mae", "latent_mim", "pilamim", "naive_latent_mim")  # a partial table holds the main comparison first
 MAIN_EVAL = ("--protocols", "nn", "knn", "linear", "sim")
 ABLATION_EVAL = ("--protocols", "nn", "knn", "sim")
+PIXELS_EVAL = ("--protocols", "nn", "knn", "linear")
 DEFAULT_ABLATION_DATASET = "imagenette"
+ALL_TABLES = ("main", "ablation")
 WARMUP_FRACTION = 0.1
 SAVE_EVERY = 500
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """The learning-rate protocol, the same for every preset: a short run (``fraction`` of the
+    full schedule) at each base lr on the train split minus a seeded holdout; the lr with the
+    best NN on the holdout trains the table's run. The test split is never looked at."""
+
+    lrs: tuple[float, ...]
+    fraction: float
+
+
+@dataclass(frozen=True)
+class Scale:
+    """A reproduction scale: its datasets, batch, what else each table holds, where it writes."""
+
+    name: str
+    datasets: Mapping[str, DatasetSpec]
+    batch: int
+    model: str | None  # model.name of every run (None: the datasets' overlays choose)
+    sweep: Sweep | None  # None: every run uses its preset's base lr
+    baselines: bool  # rows for the encoder at initialisation and for raw pixels
+    curves: bool  # NN after every epoch of the table runs, drawn per table
+    results: str  # the report, relative to the repository root
+    out: str  # run directories, relative to the repository root
+    overrides: tuple[str, ...] = ()  # config overrides of every run of this scale
+
+
+SCALES: dict[str, Scale] = {
+    "gpu": Scale("gpu", DATASETS, 256, "vit_tiny_patch16_224", None, False, False, "docs/results.md", "runs/reproduce"),
+    # the run directories live beside the report (checkpoints and encoders git-ignored), so the
+    # finished runs travel with the repository and a later session resumes the table
+    "micro": Scale("micro", MICRO_DATASETS, 256, None, Sweep((5e-4, 1.5e-3, 4.5e-3), 0.25), True, True,
+                   "docs/results-micro.md", "docs/results-micro/runs",
+                   ("train.eval_baseline=false", "train.trackers=[none]")),  # the init row replaces each run's own
+}
 
 
 @dataclass(frozen=True)
@@ -91,7 +138,10 @@ class RunSpec:
     name: str
     preset: str
     overrides: tuple[str, ...] = ()
-    eval_args: tuple[str, ...] = MAIN_EVAL
+    eval_args: tuple[str, ...] | None = MAIN_EVAL  # None: not evaluated (a sweep run scores itself)
+    kind: Literal["train", "sweep", "baseline"] = "train"
+    lr_from: str | None = None  # the preset whose lr sweep picks this run's train.base_lr
+    baseline: str | None = None  # a baseline row: "init" or "pixels" (scripts/evaluate.py --baseline)
 
     @property
     def key(self) -> str:
@@ -149,34 +199,60 @@ def progression(gap: int) -> tuple[Step, ...]:
     )
 
 
-def main_runs(ds: DatasetSpec) -> list[RunSpec]:
+BASELINE_LABELS = {"init": "encoder at initialisation", "pixels": "raw pixels"}
+
+
+def sweep_name(preset: str, lr: float) -> str:
+    return f"sweep/{preset}/lr{lr:g}"
+
+
+def main_runs(ds: DatasetSpec, scale: Scale = SCALES["gpu"]) -> list[RunSpec]:
+    """The main table's runs in the order they run: the baselines, then per preset its lr
+    sweep (when the scale has one) followed by its run."""
     gap = {"latent_mim": (f"masking.gap={ds.gap}",)}
-    return [RunSpec(ds.key, preset, preset, gap.get(preset, ())) for preset in MAIN_PRESETS]
-
-
-def ablation_runs(ds: DatasetSpec) -> list[RunSpec]:
-    """The progression's runs; its first and last rows are the main table's runs."""
-    main = {r.name: r for r in main_runs(ds)}
     runs: list[RunSpec] = []
-    cumulative: dict[str, str] = {}
-    for step in progression(ds.gap):
-        cumulative.update(item.split("=", 1) for item in step.adds)
-        overrides = tuple(f"{k}={v}" for k, v in cumulative.items())
-        runs.append(main.get(step.name) or RunSpec(ds.key, step.name, "naive_latent_mim", overrides, ABLATION_EVAL))
+    if scale.baselines:
+        runs += [RunSpec(ds.key, b, "mae", (), PIXELS_EVAL if b == "pixels" else MAIN_EVAL, "baseline", baseline=b)
+                 for b in BASELINE_LABELS]
+    for preset in RUN_ORDER:
+        if scale.sweep is not None:
+            runs += [RunSpec(ds.key, sweep_name(preset, lr), preset, (*gap.get(preset, ()), f"data.holdout={ds.holdout}",
+                                                                        f"train.base_lr={lr:g}"), None, "sweep")
+                     for lr in scale.sweep.lrs]
+        runs.append(RunSpec(ds.key, preset, preset, gap.get(preset, ()), lr_from=preset if scale.sweep else None))
     return runs
 
 
-def build_plan(tables: Sequence[str] = ("main", "ablation"), ablation_dataset: str = DEFAULT_ABLATION_DATASET) -> Plan:
+def ablation_runs(ds: DatasetSpec, scale: Scale = SCALES["gpu"]) -> list[RunSpec]:
+    """The progression's runs; its first and last rows are the main table's runs. With an lr
+    sweep, every row trains at the lr picked for `latent_mim` (the progression's end)."""
+    mains = main_runs(ds, scale)
+    main = {r.name: r for r in mains}
+    ends = ("naive_latent_mim", "latent_mim")  # the rows shared with the main table, with their sweeps
+    runs = [r for r in mains if r.kind == "sweep" and r.preset in ends]
+    cumulative: dict[str, str] = {}
+    lr_from = "latent_mim" if scale.sweep else None
+    for step in progression(ds.gap):
+        cumulative.update(item.split("=", 1) for item in step.adds)
+        overrides = tuple(f"{k}={v}" for k, v in cumulative.items())
+        runs.append(main.get(step.name) or RunSpec(ds.key, step.name, "naive_latent_mim", overrides, ABLATION_EVAL, lr_from=lr_from))
+    return runs
+
+
+def build_plan(tables: Sequence[str] = ("main", "ablation"), ablation_dataset: str = DEFAULT_ABLATION_DATASET,
+               scale: Scale = SCALES["gpu"]) -> Plan:
     runs: dict[str, RunSpec] = {}
     out: list[Table] = []
     if "main" in tables:
-        for ds in DATASETS.values():
-            specs = main_runs(ds)
+        for ds in scale.datasets.values():
+            specs = main_runs(ds, scale)
             runs.update((r.key, r) for r in specs)
-            out.append(Table("main", f"Main table — {ds.title}", ds.key, tuple(Row(r.name, r.name) for r in specs)))
+            rows = tuple(Row(b, label) for b, label in BASELINE_LABELS.items() if scale.baselines)
+            rows += tuple(Row(p, p) for p in MAIN_PRESETS)
+            out.append(Table("main", f"Main table — {ds.title}", ds.key, rows))
     if "ablation" in tables:
-        ds = DATASETS[ablation_dataset]
-        for r in ablation_runs(ds):
+        ds = scale.datasets[ablation_dataset]
+        for r in ablation_runs(ds, scale):
             runs.setdefault(r.key, r)
         rows = tuple(Row(s.name, s.label, " ".join(s.adds)) for s in progression(ds.gap))
         out.append(Table("ablation", f"Ablation — the Latent MIM challenge progression on {ds.title}", ds.key, rows))
@@ -192,8 +268,9 @@ class Settings:
 
     sources: Mapping[str, str]  # dataset -> data source as passed to train.py
     out: Path
-    model: str = "vit_tiny_patch16_224"
-    epochs: Mapping[str, int] = field(default_factory=lambda: {k: d.epochs for k, d in DATASETS.items()})
+    scale: Scale = SCALES["gpu"]
+    model: str | None = None  # None: the scale's
+    epochs: Mapping[str, int] | None = None  # None: the scale's datasets'
     batch: int = 256
     workers: int | None = None
     overlay: str | None = None
@@ -201,9 +278,16 @@ class Settings:
     eval_args: tuple[str, ...] = ()
     processes: int = 1
     python: str = sys.executable
+    picked: Mapping[str, float] = field(default_factory=dict)  # "dataset/preset" -> base lr its sweep picked
 
     def run_dir(self, run: RunSpec) -> Path:
         return self.out / run.dataset / run.name
+
+    def dataset(self, key: str) -> DatasetSpec:
+        return self.scale.datasets[key]
+
+    def epochs_of(self, key: str) -> int:
+        return self.epochs[key] if self.epochs and key in self.epochs else self.dataset(key).epochs
 
 
 def rel(path: Path | str) -> str:
@@ -219,10 +303,18 @@ def warmup_epochs(epochs: int) -> float:
     return round(epochs * WARMUP_FRACTION, 3)
 
 
-def common_overrides(ds: DatasetSpec, s: Settings) -> list[str]:
-    epochs = s.epochs[ds.key]
-    out = [
-        f"model.name={s.model}",
+def sweep_epochs(epochs: int, sweep: Sweep) -> int:
+    return max(1, round(epochs * sweep.fraction))
+
+
+def common_overrides(ds: DatasetSpec, s: Settings, kind: str = "train") -> list[str]:
+    """The overrides every run of ``kind`` on ``ds`` shares (a sweep run: its shorter schedule, no curve)."""
+    epochs = s.epochs_of(ds.key)
+    if kind == "sweep" and s.scale.sweep is not None:
+        epochs = sweep_epochs(epochs, s.scale.sweep)
+    model = s.model or s.scale.model
+    out = [f"model.name={model}"] if model else []
+    out += [
         f"model.patch_size={ds.patch}",
         f"model.img_size={ds.native}",
         f"train.batch_size={s.batch}",
@@ -230,18 +322,35 @@ def common_overrides(ds: DatasetSpec, s: Settings) -> list[str]:
         f"train.warmup_epochs={warmup_epochs(epochs)}",
         f"train.save_every={SAVE_EVERY}",
         "train.keep_last=1",
+        *s.scale.overrides,
     ]
+    if kind == "sweep":
+        out.append("train.eval_knn_train=0")  # scored by NN on the holdout only
+    elif s.scale.curves:
+        out.append("train.eval_every_epochs=1")
     if s.workers is not None:
         out.append(f"data.num_workers={s.workers}")
     return out
 
 
-def preset_expr(run: RunSpec, s: Settings) -> str:
-    return f"{run.preset}+{s.overlay}" if s.overlay else run.preset
+class SweepPending(Exception):
+    """A run's lr comes from a sweep that has not finished."""
 
 
 def run_overrides(run: RunSpec, s: Settings) -> list[str]:
-    return [*common_overrides(DATASETS[run.dataset], s), *run.overrides, *s.overrides]
+    """Every override of ``run``: the scale's and dataset's, the run's own, its sweep's lr, the command line's.
+    Raises SweepPending for a run whose lr sweep is not complete."""
+    out = [*common_overrides(s.dataset(run.dataset), s, run.kind), *run.overrides]
+    if run.lr_from is not None:
+        lr = s.picked.get(f"{run.dataset}/{run.lr_from}")
+        if lr is None:
+            raise SweepPending(f"{run.key} waits for the lr sweep of {run.lr_from}")
+        out.append(f"train.base_lr={lr:g}")
+    return [*out, *s.overrides]
+
+
+def preset_expr(run: RunSpec, s: Settings) -> str:
+    return "+".join(p for p in (run.preset, s.dataset(run.dataset).overlay, s.overlay) if p)
 
 
 def launcher(script: str, s: Settings) -> list[str]:
@@ -258,8 +367,9 @@ def train_command(run: RunSpec, s: Settings, resume: bool = False) -> list[str]:
 
 def eval_command(run: RunSpec, s: Settings) -> list[str]:
     d = s.run_dir(run)
-    return [*launcher("scripts/evaluate.py", s), "--checkpoint", rel(d), "--data", s.sources[run.dataset],
-            "--out", rel(d / "metrics.json"), *run.eval_args, *s.eval_args]
+    baseline = ["--baseline", run.baseline] if run.baseline else []
+    return [*launcher("scripts/evaluate.py", s), "--checkpoint", rel(d), *baseline, "--data", s.sources[run.dataset],
+            "--out", rel(d / "metrics.json"), *(run.eval_args or ()), *s.eval_args]
 
 
 def display(argv: Sequence[str], python: str = sys.executable) -> str:
@@ -291,13 +401,15 @@ class RunState:
     evaluated: bool = False  # metrics.json
     checkpoint: bool = False  # a complete checkpoints/step_* to resume from
     stale: tuple[str, ...] = ()  # config keys in which the directory's run differs from the plan
+    kind: str = "train"  # RunSpec.kind: a sweep run is done once trained, a baseline once evaluated
 
     @property
     def done(self) -> bool:
-        return self.trained and self.evaluated and not self.stale
+        finished = {"sweep": self.trained, "baseline": self.evaluated}.get(self.kind, self.trained and self.evaluated)
+        return finished and not self.stale
 
 
-def inspect_run(run_dir: Path, planned: Mapping[str, Any] | None = None) -> RunState:
+def inspect_run(run_dir: Path, planned: Mapping[str, Any] | None = None, kind: str = "train") -> RunState:
     stale: tuple[str, ...] = ()
     saved = run_dir / "config.yaml"
     if planned is not None and saved.is_file():
@@ -307,6 +419,7 @@ def inspect_run(run_dir: Path, planned: Mapping[str, Any] | None = None) -> RunS
         evaluated=(run_dir / "metrics.json").is_file(),
         checkpoint=bool(step_dirs(run_dir)),
         stale=stale,
+        kind=kind,
     )
 
 
@@ -447,7 +560,12 @@ class Outcome:
 def process_run(run: RunSpec, s: Settings, device: str, budget: Budget, runner: Runner,
                 show: Callable[[str], None] = print) -> Outcome:
     d = s.run_dir(run)
-    state = inspect_run(d, planned_config(run, s))
+    try:
+        planned = planned_config(run, s)
+    except SweepPending as e:
+        show(f"[{run.key}] not started: {e}")
+        return Outcome(run.key, "deferred", str(e))
+    state = inspect_run(d, planned, run.kind)
     if state.stale:
         msg = (f"{d} holds a run with a different config ({', '.join(state.stale[:6])}); "
                "use another --out or remove that directory")
@@ -456,13 +574,16 @@ def process_run(run: RunSpec, s: Settings, device: str, budget: Budget, runner: 
     if state.done:
         show(f"[{run.key}] done, skipped")
         return Outcome(run.key, "skipped")
-    refusal = budget.refusal(run.dataset)
+    refusal = budget.refusal(f"{run.dataset} {run.kind}")
     if refusal:
         show(f"[{run.key}] not started: {refusal}")
         return Outcome(run.key, "deferred", refusal)
     d.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    phases = ([] if state.trained else [("train", train_command(run, s, resume=state.checkpoint))]) + [("eval", eval_command(run, s))]
+    if run.kind == "baseline":  # nothing to train: the evaluation rebuilds the encoder from this config
+        (d / "config.yaml").write_text(yaml.safe_dump(planned, sort_keys=False))
+    train = [] if state.trained or run.kind == "baseline" else [("train", train_command(run, s, resume=state.checkpoint))]
+    phases = train + ([("eval", eval_command(run, s))] if run.eval_args is not None else [])
     for phase, argv in phases:
         if phase == "eval" and (d / "metrics.json").is_file():
             break
@@ -473,9 +594,37 @@ def process_run(run: RunSpec, s: Settings, device: str, budget: Budget, runner: 
             why = f"exit {rc}" if rc != 0 else f"exit 0 but no {expected.name}"
             show(f"[{run.key}] FAILED in {phase} ({why}); last lines of {d / f'{phase}.log'}:\n{tail(d / f'{phase}.log')}")
             return Outcome(run.key, "failed", f"{phase}: {why}")
-    budget.record(run.dataset, time.monotonic() - start)
+    budget.record(f"{run.dataset} {run.kind}", time.monotonic() - start)
     show(f"[{run.key}] finished in {time.monotonic() - start:.0f} s")
     return Outcome(run.key, "done")
+
+
+def sweep_scores(plan: Plan, s: Settings, dataset: str, preset: str) -> dict[float, float | None]:
+    """base lr -> holdout NN of the finished (and not stale) sweep runs of ``preset``."""
+    if s.scale.sweep is None:
+        return {}
+    out: dict[float, float | None] = {}
+    for lr in s.scale.sweep.lrs:
+        key = f"{dataset}/{sweep_name(preset, lr)}"
+        run = next((r for r in plan.runs if r.key == key), None)
+        if run is None:
+            return {}
+        d = s.run_dir(run)
+        summary = read_json(d / "summary.json") if inspect_run(d, planned_config(run, s), "sweep").done else None
+        nn = summary.get("nn") if isinstance(summary, dict) else None
+        out[lr] = float(nn) if isinstance(nn, (int, float)) else None
+    return out
+
+
+def pick_lrs(plan: Plan, s: Settings) -> dict[str, float]:
+    """"dataset/preset" -> the swept base lr with the best holdout NN (ties: the smaller lr),
+    for every preset whose sweep has finished."""
+    picked = {}
+    for dataset, preset in dict.fromkeys((r.dataset, r.preset) for r in plan.runs if r.kind == "sweep"):
+        scores = sweep_scores(plan, s, dataset, preset)
+        if scores and all(v is not None for v in scores.values()):
+            picked[f"{dataset}/{preset}"] = max(sorted(scores), key=lambda lr: scores[lr])
+    return picked
 
 
 def detect_device(processes: int = 1) -> str:
@@ -525,9 +674,12 @@ def _claim(title: str, rule: str, metrics: Mapping[str, Mapping[str, Any] | None
     return Claim(title, rule, "reproduced" if ok else "not reproduced", detail)
 
 
-def evaluate_claims(metrics: Mapping[str, Mapping[str, Any] | None], num_classes: int = 10) -> list[Claim]:
-    """The issue's claims, each decided by a fixed rule on the main table's metrics
-    (keyed by preset name; NN / linear in percent, Sim a cosine)."""
+NON_NAIVE = ("mae", "latent_mim", "pilamim")
+
+
+def evaluate_claims(metrics: Mapping[str, Mapping[str, Any] | None], num_classes: int = 10, with_pixels: bool = False) -> list[Claim]:
+    """The claims, each decided by a fixed rule on the main table's metrics (keyed by row name;
+    NN / linear in percent, Sim a cosine); ``with_pixels`` adds the raw-pixel claim."""
     chance = 100.0 / num_classes
 
     def collapse(v: dict) -> tuple[bool, str]:
@@ -546,6 +698,12 @@ def evaluate_claims(metrics: Mapping[str, Mapping[str, Any] | None], num_classes
         p, best = v["pilamim", "linear"], max(v["mae", "linear"], v["latent_mim", "linear"])
         return p >= best - COMPETITIVE, f"linear pilamim {p:.1f} vs best of mae / latent_mim {best:.1f} ({p - best:+.1f})"
 
+    def beat_pixels(v: dict) -> tuple[bool, str]:
+        px = v["pixels", "nn"]
+        return all(v[p, "nn"] > px for p in NON_NAIVE), ", ".join(f"{p} {v[p, 'nn']:.1f}" for p in NON_NAIVE) + f" vs pixels {px:.1f}"
+
+    pixel_claim = [_claim("every non-naive preset's NN beats raw pixels", "NN(p) > NN(raw pixels) for mae, latent_mim, pilamim",
+                          metrics, [("pixels", "nn"), *((p, "nn") for p in NON_NAIVE)], beat_pixels)] if with_pixels else []
     return [
         _claim("the naive baseline collapses",
                f"naive Sim ≥ {COLLAPSE_SIM:.2f} and naive NN ≤ chance + {NEAR_CHANCE:g} points",
@@ -557,6 +715,7 @@ def evaluate_claims(metrics: Mapping[str, Mapping[str, Any] | None], num_classes
         _claim("pilamim is competitive or better on the linear probe",
                f"linear(pilamim) ≥ max(linear(mae), linear(latent_mim)) − {COMPETITIVE:g}",
                metrics, [("pilamim", "linear"), ("mae", "linear"), ("latent_mim", "linear")], pilamim),
+        *pixel_claim,
     ]
 
 
@@ -601,10 +760,10 @@ def collect(plan: Plan, s: Settings) -> dict[str, RunRecord]:
         d = s.run_dir(run)
         try:
             planned = planned_config(run, s)
-        except ConfigError:
+        except (ConfigError, SweepPending):
             planned = None
         records[run.key] = RunRecord(
-            state=inspect_run(d, planned),
+            state=inspect_run(d, planned, run.kind),
             metrics=read_json(d / "metrics.json"),
             summary=read_json(d / "summary.json"),
             timing=load_timing(d),
@@ -629,30 +788,120 @@ def fmt_fewshot(r: RunRecord) -> str:
     return fmt(mean) if mean is None or std is None else f"{mean:.1f} ± {std:.1f}"
 
 
-def table_md(table: Table, records: Mapping[str, RunRecord], plan: Plan) -> list[str]:
-    recs = [records[plan.run(table.dataset, row.run).key] for row in table.rows]
+def fmt_lr(run: RunSpec, s: Settings) -> str:
+    if run.lr_from is None:
+        return ""
+    lr = s.picked.get(f"{run.dataset}/{run.lr_from}")
+    return "sweep pending" if lr is None else f"{lr:g}"
+
+
+def table_md(table: Table, records: Mapping[str, RunRecord], plan: Plan, s: Settings | None = None) -> list[str]:
+    runs = [plan.run(table.dataset, row.run) for row in table.rows]
+    recs = [records[run.key] for run in runs]
     fewshot = any(r.metric("fewshot") is not None for r in recs)
     linear = table.key == "main" or any(r.metric("linear") is not None for r in recs)
+    lr_col = s is not None and s.scale.sweep is not None
     progression_cols = table.key == "ablation"
     head = (["#", "row", "switch", "run", "NN", "ΔNN"] if progression_cols else ["run", "NN"]) + ["k-NN"]
-    head += (["linear"] if linear else []) + (["few-shot"] if fewshot else []) + ["Sim", "train", "eval", "status"]
+    head += (["linear"] if linear else []) + (["few-shot"] if fewshot else []) + ["Sim"] + (["base lr"] if lr_col else [])
+    head += ["train", "eval", "status"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     previous: float | None = None
-    for i, (row, r) in enumerate(zip(table.rows, recs)):
+    for i, (row, run, r) in enumerate(zip(table.rows, runs, recs)):
         nn = r.metric("nn")
         switch = f"`{row.change}`" if row.change else "(preset)"
-        cells = [str(i), row.label, switch, f"`{row.run}`", fmt(nn)] if progression_cols else [f"`{row.run}`", fmt(nn)]
+        name = row.label if run.kind == "baseline" else f"`{row.run}`"
+        cells = [str(i), row.label, switch, name, fmt(nn)] if progression_cols else [name, fmt(nn)]
         if progression_cols:
             cells.append("" if i == 0 else ("—" if nn is None or previous is None else f"{nn - previous:+.1f}"))
         cells.append(fmt(r.metric("knn")))
         cells += ([fmt(r.metric("linear"))] if linear else []) + ([fmt_fewshot(r)] if fewshot else [])
-        cells += [fmt(r.metric("sim"), 3), fmt_time(phase_seconds(r.timing, "train")), fmt_time(phase_seconds(r.timing, "eval")), r.status]
+        cells += [fmt(r.metric("sim"), 3)] + ([fmt_lr(run, s)] if lr_col else [])
+        cells += [fmt_time(phase_seconds(r.timing, "train")), fmt_time(phase_seconds(r.timing, "eval")), r.status]
         lines.append("| " + " | ".join(cells) + " |")
         previous = nn
     return lines
 
 
-def claims_md(plan: Plan, records: Mapping[str, RunRecord]) -> list[str]:
+def sweep_md(plan: Plan, s: Settings) -> list[str]:
+    """Per dataset: the holdout NN of every preset at every swept lr, and the pick."""
+    sweep = s.scale.sweep
+    if sweep is None:
+        return []
+    lines = ["## Learning-rate sweep", "",
+             f"Every preset trains {sweep.fraction:.0%} of its schedule at each base lr on the train split minus a seeded "
+             "holdout (`data.holdout`), and is scored by NN on that holdout; the best lr (ties: the smaller) trains the "
+             "table's run. The ablation rows use the lr picked for `latent_mim`. The test split is not read.", ""]
+    for key, ds in s.scale.datasets.items():
+        presets = list(dict.fromkeys(r.preset for r in plan.runs if r.kind == "sweep" and r.dataset == key))
+        if not presets:
+            continue
+        head = ["preset", *(f"lr {lr:g}" for lr in sweep.lrs), "picked"]
+        lines += [f"**{ds.title}** (holdout: {ds.holdout} train images; {sweep_epochs(s.epochs_of(key), sweep)} epochs)", "",
+                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for preset in presets:
+            scores = sweep_scores(plan, s, key, preset)
+            picked = s.picked.get(f"{key}/{preset}")
+            lines.append("| " + " | ".join([f"`{preset}`", *(fmt(scores.get(lr)) for lr in sweep.lrs),
+                                             "—" if picked is None else f"{picked:g}"]) + " |")
+        lines.append("")
+    return lines
+
+
+def nn_curve(run_dir: Path) -> list[tuple[float, float]]:
+    """(epoch, NN) points logged during training (``eval/nn`` in log.jsonl)."""
+    path = run_dir / "log.jsonl"
+    points = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("eval/nn"), (int, float)):
+                points.append((float(rec.get("epoch", 0)), float(rec["eval/nn"])))
+    return points
+
+
+def draw_curves(table: Table, plan: Plan, s: Settings, path: Path) -> bool:
+    """One PNG: the NN curve of every run of ``table`` (baselines as horizontal lines); False
+    when there is nothing to draw or matplotlib is missing."""
+    curves = {}
+    levels = {}
+    for row in table.rows:
+        run = plan.run(table.dataset, row.run)
+        d = s.run_dir(run)
+        if run.kind == "baseline":
+            nn = (read_json(d / "metrics.json") or {}).get("nn")
+            if isinstance(nn, (int, float)):
+                levels[row.label] = float(nn)
+        elif points := nn_curve(d):
+            curves[row.run] = points
+    if not curves:
+        return False
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
+    for name, points in curves.items():
+        ax.plot(*zip(*points), marker="o", markersize=3, label=name)
+    for i, (label, nn) in enumerate(levels.items()):
+        ax.axhline(nn, color="0.4", linestyle=("--", ":")[i % 2], linewidth=1, label=label)
+    ax.axhline(100 / s.dataset(table.dataset).num_classes, color="0.75", linewidth=1, label="chance")
+    ax.set(xlabel="epoch", ylabel="NN top-1 (%)", title=f"{table.title} — NN during training")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncols=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def claims_md(plan: Plan, records: Mapping[str, RunRecord], s: Settings) -> list[str]:
     lines = ["## Claims", "",
              "Each verdict is computed from the main table by the rule shown (NN, linear in top-1 %; Sim a cosine); "
              "nothing here is edited by hand.", ""]
@@ -660,21 +909,29 @@ def claims_md(plan: Plan, records: Mapping[str, RunRecord]) -> list[str]:
     if not mains:
         return lines + ["No main table in this plan (`--tables main`), so no claim is checked.", ""]
     for t in mains:
-        ds = DATASETS[t.dataset]
+        ds = s.dataset(t.dataset)
         recs = {row.run: records[f"{t.dataset}/{row.run}"] for row in t.rows}
         metrics = {name: None if r.state.stale else r.metrics for name, r in recs.items()}
         lines += [f"**{ds.title}**", ""]
-        for c in evaluate_claims(metrics, ds.num_classes):
+        for c in evaluate_claims(metrics, ds.num_classes, with_pixels=s.scale.baselines):
             lines.append(f"- {c.title} — rule: {c.rule} — **{c.verdict}**" + (f" ({c.detail})" if c.detail else ""))
         lines.append("")
     return lines
+
+
+def planned_commands(run: RunSpec, s: Settings) -> list[str]:
+    try:
+        train = [] if run.kind == "baseline" else [display(train_command(run, s), s.python) + "   # planned"]
+    except SweepPending:
+        return [f"# planned once the lr sweep of {run.lr_from} is done"]
+    return train + ([display(eval_command(run, s), s.python) + "   # planned"] if run.eval_args is not None else [])
 
 
 def commands_md(plan: Plan, records: Mapping[str, RunRecord], s: Settings) -> list[str]:
     lines = ["## Commands", "",
              "Run from the repository root. Commands that ran are listed as recorded in each run's `timing.json` "
              "(a `--resume` line continues an interrupted run); the others are the planned ones.", ""]
-    for ds in DATASETS:
+    for ds in s.scale.datasets:
         runs = [r for r in plan.runs if r.dataset == ds]
         if not runs:
             continue
@@ -683,8 +940,7 @@ def commands_md(plan: Plan, records: Mapping[str, RunRecord], s: Settings) -> li
             attempts = records[run.key].timing["attempts"]
             lines.append(f"# {run.key}")
             ran = list(dict.fromkeys(a["command"] for a in attempts))
-            lines += ran or [display(train_command(run, s), s.python) + "   # planned",
-                             display(eval_command(run, s), s.python) + "   # planned"]
+            lines += ran or planned_commands(run, s)
         lines += ["```", ""]
     return lines
 
@@ -701,14 +957,20 @@ def details_md(plan: Plan, records: Mapping[str, RunRecord]) -> list[str]:
             fmt(r.images_per_s, 0), fmt_time(phase_seconds(r.timing, "train")), fmt_time(phase_seconds(r.timing, "eval")),
             str(len(attempts)), devices,
         ]) + " |")
-    return lines + [""]
+    total = sum(phase_seconds(r.timing, p) for r in records.values() for p in ("train", "eval"))
+    return lines + ["", f"Wall time of every attempt so far, training and evaluation: {fmt_time(total)}.", ""]
 
 
-def render_results(plan: Plan, records: Mapping[str, RunRecord], s: Settings, invocation: str = "") -> str:
+def render_results(plan: Plan, records: Mapping[str, RunRecord], s: Settings, invocation: str = "",
+                   figures: Path | None = None) -> str:
+    """The report; with ``figures`` (a directory) the NN curves are drawn there and linked."""
     devices = list(dict.fromkeys(a.get("device", "?") for r in records.values() for a in r.timing["attempts"]))
-    epochs = ", ".join(f"{DATASETS[k].title} {v}" for k, v in s.epochs.items())
+    epochs = ", ".join(f"{ds.title} {s.epochs_of(k)}" for k, ds in s.scale.datasets.items())
+    model = s.model or s.scale.model
+    encoder = f"`{model}`" if model else "the overlays' (" + ", ".join(
+        f"`{d.overlay}` on {d.title}" for d in s.scale.datasets.values()) + ")"
     lines = [
-        "# Reproduction results",
+        "# Reproduction results" + (f" — {s.scale.name} scale" if s.scale.name != "gpu" else ""),
         "",
         "Written by `scripts/reproduce.py` from the runs under "
         f"`{rel(s.out)}` ({datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}); do not edit by hand — rerun "
@@ -716,27 +978,36 @@ def render_results(plan: Plan, records: Mapping[str, RunRecord], s: Settings, in
         "How the plan is built: `docs/reproduce.md`.",
         "",
         f"- Device: {', '.join(devices) if devices else '— (nothing has run yet)'}",
-        f"- Encoder: `{s.model}`" + (f" + overlay `{s.overlay}`" if s.overlay else "")
+        f"- Encoder: {encoder}" + (f" + overlay `{s.overlay}`" if s.overlay else "")
         + f"; batch {s.batch}; epochs: {epochs}; warm-up {WARMUP_FRACTION:.0%} of the epochs; "
-        "every other setting from each preset",
-        f"- Extra overrides: {' '.join(f'`{o}`' for o in s.overrides) if s.overrides else 'none'}",
+        + ("base lr from the sweep below; " if s.scale.sweep else "")
+        + "every other setting from each preset",
+        f"- Extra overrides: {' '.join(f'`{o}`' for o in (*s.scale.overrides, *s.overrides)) or 'none'}",
         "- Evaluation (`scripts/evaluate.py`): "
         + ", ".join(f"{key} `{' '.join(args)}`" for key, args in (("main", MAIN_EVAL), ("ablation", ABLATION_EVAL))
                     if any(t.key == key for t in plan.tables))
+        + (f", raw pixels `{' '.join(PIXELS_EVAL)}`" if s.scale.baselines else "")
         + (f", then `{shlex.join(s.eval_args)}`" if s.eval_args else "")
         + "; NN is leave-one-out 1-NN on the test split (mean patch token before the final norm), "
         "k-NN and linear are fitted on the train split, Sim is the mean pairwise cosine of pooled test features",
     ]
+    if s.scale.baselines:
+        lines.append("- Baselines: the shared encoder at initialisation (same config and seed as every run, no step "
+                     "taken) and raw pixels (each normalised image flattened), scored by the same protocols")
     if invocation:
         lines.append(f"- Generated by: `{invocation}`")
     lines.append("")
     for t in plan.tables:
-        lines += [f"## {t.title}", "", f"{DATASETS[t.dataset].describe()}; chance {100 / DATASETS[t.dataset].num_classes:.1f} %.", ""]
+        ds = s.dataset(t.dataset)
+        lines += [f"## {t.title}", "", f"{ds.describe()}; chance {100 / ds.num_classes:.1f} %.", ""]
         if t.key == "ablation":
             lines += ["Each row adds one switch to the previous row (overrides on `naive_latent_mim`); the first and last "
                       "rows are the main table's `naive_latent_mim` and `latent_mim` runs. ΔNN is against the previous row.", ""]
-        lines += table_md(t, records, plan) + [""]
-    lines += claims_md(plan, records) + details_md(plan, records) + commands_md(plan, records, s)
+        lines += table_md(t, records, plan, s) + [""]
+        png = figures / f"nn-{t.dataset}-{t.key}.png" if figures is not None else None
+        if png is not None and draw_curves(t, plan, s, png):
+            lines += [f"![NN during training, {t.title}]({png.parent.name}/{png.name})", ""]
+    lines += sweep_md(plan, s) + claims_md(plan, records, s) + details_md(plan, records) + commands_md(plan, records, s)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -769,8 +1040,8 @@ def comma_list(text: str, valid: Iterable[str], flag: str) -> list[str]:
     return items
 
 
-def parse_epochs(text: str | None) -> dict[str, int]:
-    epochs = {k: d.epochs for k, d in DATASETS.items()}
+def parse_epochs(text: str | None, scale: Scale = SCALES["gpu"]) -> dict[str, int]:
+    epochs = {k: d.epochs for k, d in scale.datasets.items()}
     if not text:
         return epochs
     try:
@@ -812,21 +1083,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for key in DATASETS:
         g.add_argument(f"--{key}", help=f"the {key} dataset dir (overrides --data-root), or 'embedded' for the shipped slice")
     g = p.add_argument_group("plan")
-    g.add_argument("--tables", default="main,ablation", help="main, ablation or both (default: %(default)s)")
-    g.add_argument("--datasets", default=",".join(DATASETS), help="datasets to run (the report covers all; default: %(default)s)")
+    g.add_argument("--scale", choices=list(SCALES), default="gpu",
+                   help="gpu: ViT-Tiny on a 14x14 grid, sized for one GPU; micro: the micro overlays' 192-wide ViT on an "
+                   "8x8 grid with an lr sweep, baselines and NN curves, sized for a CPU (default: %(default)s)")
+    g.add_argument("--tables", default="main,ablation", help="tables to run: main, ablation or both (the report covers both; "
+                   "default: %(default)s)")
+    g.add_argument("--datasets", default=",".join(DATASETS), help="datasets to run (the report covers both; default: %(default)s)")
     g.add_argument("--ablation-dataset", default=DEFAULT_ABLATION_DATASET, choices=list(DATASETS))
     g.add_argument("--only", nargs="+", default=[], metavar="NAME", help="run only these runs (NAME or dataset/NAME)")
-    g.add_argument("--model", default="vit_tiny_patch16_224", help="timm ViT of every run (default: %(default)s)")
-    g.add_argument("--epochs", help="N for every dataset, or cifar10=N,imagenette=M (default: "
-                   + ",".join(f"{k}={d.epochs}" for k, d in DATASETS.items()) + ")")
-    g.add_argument("--batch", type=int, default=256, help="global batch of every run (default: %(default)s)")
+    g.add_argument("--model", help="timm ViT of every run (default: the scale's: vit_tiny_patch16_224 for gpu, the overlays' for micro)")
+    g.add_argument("--epochs", help="N for every dataset, or cifar10=N,imagenette=M (default: the scale's, "
+                   + "; ".join(f"{n}: " + ",".join(f"{k}={d.epochs}" for k, d in sc.datasets.items()) for n, sc in SCALES.items()) + ")")
+    g.add_argument("--batch", type=int, help="global batch of every run (default: the scale's, 256)")
     g.add_argument("--workers", type=int, help="data.num_workers of every run (default: the presets')")
     g.add_argument("--overlay", help="a preset stacked on every run's preset ('tiny' for smoke tests)")
     g.add_argument("--eval-args", default="", help='extra scripts/evaluate.py arguments, e.g. "--max-train 5000"')
     g.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides applied to every run")
     g = p.add_argument_group("execution")
-    g.add_argument("--out", default=str(ROOT / "runs" / "reproduce"), help="runs go to OUT/<dataset>/<name> (default: runs/reproduce)")
-    g.add_argument("--results", default=str(ROOT / "docs" / "results.md"), help="the report to write (default: docs/results.md)")
+    g.add_argument("--out", help="runs go to OUT/<dataset>/<name> (default: "
+                   + "; ".join(f"{n}: {sc.out}" for n, sc in SCALES.items()) + ")")
+    g.add_argument("--results", help="the report to write (default: " + "; ".join(f"{n}: {sc.results}" for n, sc in SCALES.items())
+                   + "); pictures go to the folder of the same name"),
     g.add_argument("--dry-run", action="store_true", help="print the commands, run nothing, write nothing")
     g.add_argument("--report-only", action="store_true", help="write the report from the runs on disk, run nothing")
     g.add_argument("--time-budget", type=float, metavar="MIN", help="start no run past this many minutes")
@@ -836,17 +1113,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     moved = [x for x in args.only if "=" in x]  # key=value after --only NAME ... are overrides
     args.only = [x for x in args.only if "=" not in x]
     args.overrides = [*args.overrides, *moved]
+    scale = SCALES[args.scale]
+    args.out = args.out or str(ROOT / scale.out)
+    args.results = args.results or str(ROOT / scale.results)
+    args.batch = args.batch or scale.batch
     if args.processes < 1 or args.batch < 1 or (args.workers is not None and args.workers < 0):
         p.error("--processes and --batch must be >= 1, --workers >= 0")
     return args
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
+    scale = SCALES[args.scale]
     return Settings(
         sources=data_sources(args),
         out=Path(args.out).absolute(),
+        scale=scale,
         model=args.model,
-        epochs=parse_epochs(args.epochs),
+        epochs=parse_epochs(args.epochs, scale),
         batch=args.batch,
         workers=args.workers,
         overlay=args.overlay,
@@ -867,20 +1150,25 @@ def select(plan: Plan, datasets: Sequence[str], only: Sequence[str]) -> list[Run
 
 def write_report(plan: Plan, s: Settings, results: Path, invocation: str, export_dir: str | None) -> None:
     results.parent.mkdir(parents=True, exist_ok=True)
-    results.write_text(render_results(plan, collect(plan, s), s, invocation))
+    results.write_text(render_results(plan, collect(plan, s), s, invocation, figures=results.with_suffix("")))
     if export_dir:
         export(plan, s, results, Path(export_dir))
 
 
 def dry_run(selection: Sequence[RunSpec], s: Settings, show: Callable[[str], None] = print) -> None:
     for run in selection:
-        state = inspect_run(s.run_dir(run), planned_config(run, s))
+        try:
+            state = inspect_run(s.run_dir(run), planned_config(run, s), run.kind)
+        except SweepPending as e:
+            show(f"# {run.key} [waits: {e}]")
+            continue
         status = "stale" if state.stale else "done" if state.done else "eval" if state.trained else \
             "resume" if state.checkpoint else "new"
         show(f"# {run.key} [{status}]")
-        if not state.trained:
+        if not state.trained and run.kind != "baseline":
             show(display(train_command(run, s, resume=state.checkpoint), s.python))
-        show(display(eval_command(run, s), s.python))
+        if run.eval_args is not None:
+            show(display(eval_command(run, s), s.python))
 
 
 def main(argv: Sequence[str] | None = None, runner: Runner = run_logged) -> int:
@@ -888,17 +1176,20 @@ def main(argv: Sequence[str] | None = None, runner: Runner = run_logged) -> int:
     tables = comma_list(args.tables, ("main", "ablation"), "--tables")
     datasets = comma_list(args.datasets, DATASETS, "--datasets")
     s = settings_from(args)
-    plan = build_plan(tables, args.ablation_dataset)
+    plan = build_plan(ALL_TABLES, args.ablation_dataset, s.scale)  # the report covers every table
+    s = replace(s, picked=pick_lrs(plan, s))
     results = Path(args.results)
     invocation = display([sys.executable, "scripts/reproduce.py", *(argv if argv is not None else sys.argv[1:])])
     if args.report_only:
         write_report(plan, s, results, invocation, args.export)
         print(f"wrote {results}")
         return 0
-    selection = select(plan, datasets, args.only)
+    selection = select(build_plan(tables, args.ablation_dataset, s.scale), datasets, args.only)
     for run in selection:
         try:
             planned_config(run, s)
+        except SweepPending:  # its config is its sweep runs' (validated here) with the picked lr
+            continue
         except ConfigError as e:
             print(f"error: {run.key}: {e}", file=sys.stderr)
             return 2
@@ -915,6 +1206,7 @@ def main(argv: Sequence[str] | None = None, runner: Runner = run_logged) -> int:
     outcomes = []
     for run in selection:
         outcomes.append(process_run(run, s, device, budget, runner, show=lambda m: print(m, flush=True)))
+        s = replace(s, picked=pick_lrs(plan, s))  # a finished sweep releases its preset's run
         write_report(plan, s, results, invocation, args.export)
     if not outcomes:
         write_report(plan, s, results, invocation, args.export)

@@ -112,3 +112,26 @@ def test_segment_writes_a_grid(runs, tmp_path):
     assert w >= 3 * 48 and h >= 3 * 48  # three columns, three rows
     with pytest.raises(SystemExit):
         load_script("segment").main(["--checkpoint", str(runs[1]), "--clusters", "0"])
+
+
+@pytest.mark.parametrize("baseline", ["init", "pixels"])
+def test_evaluate_baselines_of_a_run(tmp_path, baseline):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(load_config("latent_mim+tiny").to_yaml())  # no encoder: nothing trained yet
+    out = tmp_path / "metrics.json"
+    args = ["--checkpoint", str(run), "--baseline", baseline, "--out", str(out), "--protocols", "nn", "knn", *FAST]
+    assert load_script("evaluate").main(args) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["meta"]["checkpoint"] == f"{run}#{baseline}"
+    assert 0.0 <= metrics["nn"] <= 100.0 and 0.0 <= metrics["knn"] <= 100.0
+    if baseline == "init":  # rebuilt from the config and seed: the same encoder, the same numbers
+        again = tmp_path / "again.json"
+        assert load_script("evaluate").main([*args[:5], str(again), *args[6:]]) == 0
+        assert json.loads(again.read_text())["nn"] == metrics["nn"]
+
+
+def test_evaluate_baseline_needs_a_run_config(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert load_script("evaluate").main(["--checkpoint", str(tmp_path / "empty"), "--baseline", "init"]) == 2
+    assert "holds no run config.yaml" in capsys.readouterr().err

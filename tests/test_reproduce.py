@@ -3,6 +3,7 @@ run / skip / resume / fail loop (tiny real runs on the embedded slice, and a fak
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import sys
@@ -297,3 +298,103 @@ def test_checkpoint_without_summary_is_resumed(two_runs, tmp_path):
     assert [(a["phase"], a["resumed"]) for a in attempts] == [("train", False), ("eval", False), ("train", True)]
     assert " --resume latest " in attempts[-1]["command"] and attempts[-1]["returncode"] == 0
     assert (d / "summary.json").is_file() and (d / "encoder").is_dir()
+
+
+# --------------------------------------------------------------------------- the micro scale
+
+
+MICRO = rp.SCALES["micro"]
+
+
+def micro_settings(tmp_path: Path, **kw) -> rp.Settings:
+    return rp.Settings(sources={"cifar10": "embedded", "imagenette": "embedded"}, out=tmp_path / "runs", scale=MICRO, **kw)
+
+
+def test_micro_plan_has_baselines_sweeps_and_the_four_presets():
+    plan = rp.build_plan(["main"], scale=MICRO)
+    (cifar, _) = [t for t in plan.tables if t.key == "main"]
+    assert [r.run for r in cifar.rows] == ["init", "pixels", "naive_latent_mim", "mae", "latent_mim", "pilamim"]
+    runs = [r for r in plan.runs if r.dataset == "cifar10"]
+    sweeps = [r for r in runs if r.kind == "sweep"]
+    assert len(sweeps) == 4 * len(MICRO.sweep.lrs)
+    # each preset's sweep runs right before its table run, which takes its lr from that sweep
+    names = [r.name for r in runs]
+    for preset in rp.MAIN_PRESETS:
+        i = names.index(preset)
+        assert names[i - 3:i] == [rp.sweep_name(preset, lr) for lr in MICRO.sweep.lrs]
+        assert plan.run("cifar10", preset).lr_from == preset
+    abl = rp.build_plan(["ablation"], "cifar10", scale=MICRO)
+    assert all(r.lr_from in ("latent_mim", "naive_latent_mim") for r in abl.runs if r.kind == "train")
+    assert {r.preset for r in abl.runs if r.kind == "sweep"} == {"naive_latent_mim", "latent_mim"}
+
+
+@pytest.mark.parametrize("dataset, overlay, size, patch, gap", [("cifar10", "micro", 32, 4, 1), ("imagenette", "micro64", 64, 8, 2)])
+def test_micro_runs_use_the_overlay_geometry_and_the_picked_lr(tmp_path, dataset, overlay, size, patch, gap):
+    plan = rp.build_plan(["main"], scale=MICRO)
+    run = plan.run(dataset, "latent_mim")
+    with pytest.raises(rp.SweepPending):
+        rp.planned_config(run, micro_settings(tmp_path))
+    s = micro_settings(tmp_path, picked={f"{dataset}/latent_mim": 0.0045})
+    cfg = load_config(rp.preset_expr(run, s), rp.run_overrides(run, s))
+    assert rp.preset_expr(run, s) == f"latent_mim+{overlay}"
+    assert (cfg.model.embed_dim, cfg.model.img_size, cfg.model.patch_size, cfg.masking.gap) == (192, size, patch, gap)
+    assert cfg.train.base_lr == 0.0045 and cfg.train.eval_every_epochs == 1 and cfg.data.holdout == 0
+    sweep = plan.run(dataset, rp.sweep_name("latent_mim", 0.0005))
+    swept = load_config(rp.preset_expr(sweep, s), rp.run_overrides(sweep, s))
+    assert swept.data.holdout == MICRO.datasets[dataset].holdout > 0 and swept.train.base_lr == 0.0005
+    assert swept.train.epochs == rp.sweep_epochs(MICRO.datasets[dataset].epochs, MICRO.sweep) < cfg.train.epochs
+    assert rp.config_diff(swept.to_dict(), cfg.to_dict()) == [
+        "data.holdout", "train.base_lr", "train.epochs", "train.eval_every_epochs", "train.eval_knn_train", "train.warmup_epochs"]
+
+
+def micro_runner(nn_by_lr: dict[float, float]):
+    """Writes summary.json (a sweep run scores nn from ``nn_by_lr``) / metrics.json."""
+    calls: list[list[str]] = []
+
+    def run(argv, log_path, tick):
+        calls.append(argv)
+        if "train.py" in argv:
+            out = ROOT / argv[argv.index("--output") + 1]
+            out.mkdir(parents=True, exist_ok=True)
+            lr = float(next(a for a in reversed(argv) if a.startswith("train.base_lr=")).split("=")[1]) if any(
+                a.startswith("train.base_lr=") for a in argv) else None
+            (out / "summary.json").write_text(json.dumps({"steps": 2, "epochs": 1, "nn": nn_by_lr.get(lr, 0.0)}))
+            (out / "log.jsonl").write_text("".join(json.dumps({"step": i, "epoch": i, "eval/nn": 20.0 + i}) + "\n" for i in range(3)))
+        else:
+            target = ROOT / argv[argv.index("--out") + 1]
+            target.write_text(json.dumps({"nn": 30.0, "knn": 31.0, "linear": 40.0, "sim": 0.4}))
+        return 0
+
+    run.calls = calls
+    return run
+
+
+def test_micro_sweep_picks_the_best_holdout_nn_then_trains_the_table_run(tmp_path, capsys):
+    runner = micro_runner({0.0005: 20.0, 0.0015: 24.0, 0.0045: 24.0})  # a tie: the smaller lr wins
+    args = ["--scale", "micro", "--cifar10", "embedded", "--tables", "main", "--datasets", "cifar10", "--only", "init",
+            "pixels", "mae", *(rp.sweep_name("mae", lr) for lr in MICRO.sweep.lrs),
+            "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results.md")]
+    assert rp.main(args, runner=runner) == 0
+    trains = [c for c in runner.calls if "train.py" in c]
+    assert len(trains) == 4 and "train.base_lr=0.0015" in trains[-1] and "--output" in trains[-1]
+    assert trains[-1][trains[-1].index("--output") + 1].endswith("cifar10/mae")
+    evals = [c for c in runner.calls if "train.py" not in c]
+    assert [c[c.index("--checkpoint") + 2:c.index("--checkpoint") + 4] for c in evals[:2]] == [["--baseline", "init"],
+                                                                                              ["--baseline", "pixels"]]
+    assert yaml.safe_load((tmp_path / "runs" / "cifar10" / "init" / "config.yaml").read_text())["model"]["embed_dim"] == 192
+    text = (tmp_path / "results.md").read_text()
+    assert "| `mae` | 20.0 | 24.0 | 24.0 | 0.0015 |" in text  # the sweep table
+    assert "| encoder at initialisation | 30.0 |" in text and "| raw pixels | 30.0 |" in text
+    assert "every non-naive preset's NN beats raw pixels" in text
+    png = tmp_path / "results" / "nn-cifar10-main.png"
+    if importlib.util.find_spec("matplotlib"):
+        assert png.is_file() and "![NN during training, Main table — CIFAR-10](results/nn-cifar10-main.png)" in text
+
+
+def test_raw_pixel_claim():
+    good = {**GOOD, "pixels": {"nn": 27.9}}
+    assert verdicts(good) == ["reproduced"] * 4  # not checked without the pixels row
+    claims = rp.evaluate_claims(good, with_pixels=True)
+    assert claims[-1].verdict == "reproduced" and "pixels 27.9" in claims[-1].detail
+    assert rp.evaluate_claims({**good, "pixels": {"nn": 28.0}}, with_pixels=True)[-1].verdict == "not reproduced"
+    assert rp.evaluate_claims(GOOD, with_pixels=True)[-1].verdict.startswith("pending (missing: nn of pixels")

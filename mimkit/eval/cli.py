@@ -19,8 +19,12 @@ from ..config import ConfigError
 from .features import POOL_KINDS, Pooling, native_size
 from .fewshot import FewShotConfig
 from .linear import LinearProbeConfig
-from .runs import HUB_PREFIXES, data_config, load_eval_data, load_run, local_path, normalization
-from .suite import PROTOCOLS, SuiteConfig, run_suite
+from torch.utils.data import Dataset
+
+from .baselines import BASELINES, pixel_features
+from .features import Features
+from .runs import HUB_PREFIXES, data_config, load_baseline, load_eval_data, load_run, local_path, normalization
+from .suite import PROTOCOLS, SuiteConfig, run_suite, score_suite
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,6 +38,11 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         "--model",
         help="timm architecture name: needed for a checkpoint that does not record its architecture; "
         "without --checkpoint, a randomly initialised NAME (a baseline)",
+    )
+    g.add_argument(
+        "--baseline", choices=BASELINES,
+        help="score a baseline of the --checkpoint run instead of its trained encoder: 'init' its encoder at "
+        "initialisation (rebuilt from its config.yaml and seed), 'pixels' the raw images at its native size",
     )
 
 
@@ -127,6 +136,8 @@ def suite_config(args: argparse.Namespace, num_workers: int) -> SuiteConfig:
 def check_model_arguments(args: argparse.Namespace) -> None:
     if args.checkpoint is None and args.model is None:
         fail("--checkpoint: required (or --model NAME to evaluate random weights)")
+    if getattr(args, "baseline", None) and args.checkpoint is None:
+        fail(f"--baseline {args.baseline}: give --checkpoint, the run whose baseline to score")
     if args.checkpoint is not None and not args.checkpoint.startswith(HUB_PREFIXES):
         if local_path(args.checkpoint) is None:
             fail(f"--checkpoint: {args.checkpoint} does not exist (a Hub id needs the 'hf-hub:' prefix)")
@@ -172,7 +183,8 @@ def evaluate_checkpoint(
     show: Callable[[str], None] = progress_printer(),
 ) -> dict:
     """Load ``checkpoint`` (or ``args.model``), its data, and run the suite the arguments describe."""
-    run = load_run(checkpoint, args.model)
+    baseline = getattr(args, "baseline", None)
+    run = load_baseline(checkpoint, baseline) if baseline else load_run(checkpoint, args.model)
     dcfg = data_config(run, args.data, args.train_split, args.eval_split, args.image_column, args.label_column, args.mean, args.std)
     mean, std, norm_from = normalization(run, args.mean, args.std)
     workers = args.num_workers if args.num_workers is not None else dcfg.num_workers
@@ -182,7 +194,13 @@ def evaluate_checkpoint(
     data = load_eval_data(dcfg, size, args.max_train, args.max_eval, args.seed, need_train=cfg.needs_train)
     if accelerator is not None:
         run.vit.to(accelerator.device)
-    result = run_suite(run.vit, data.eval, data.train, cfg, accelerator, progress=show)
+    if baseline == "pixels":
+        def pixels(dataset: Dataset, poolings: list[Pooling], _: bool) -> Features:
+            return pixel_features(dataset, poolings, cfg.batch_size, cfg.num_workers)
+
+        result = score_suite(pixels, data.eval, data.train, cfg, progress=show)
+    else:
+        result = run_suite(run.vit, data.eval, data.train, cfg, accelerator, progress=show)
     result["meta"].update(
         checkpoint=run.source,
         run=run.describe(),

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data import collate
 from ..encoder import ContextEncoder
+from ..precision import resolve_precision
 from objectives.losses import mean_pairwise_cosine
 
 PoolKind = Literal["cls", "mean", "topk_mean"]
@@ -98,8 +99,9 @@ def _check_images(vit: VisionTransformer, images: Tensor) -> None:
 
 
 def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast where training's ``auto`` rule would pick it (``mimkit.precision``)."""
+    if amp and resolve_precision("auto", device.type) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

@@ -136,6 +136,18 @@ def load_run(checkpoint: str | None, model: str | None = None) -> Run:
     return Run(vit, checkpoint, config, str(config_path) if config_path else None, _run_name(checkpoint, config_path))
 
 
+def load_baseline(checkpoint: str, baseline: str) -> Run:
+    """A baseline of a training run (``mimkit.eval.baselines``): its encoder at initialisation,
+    also used for the geometry of the raw-pixel baseline."""
+    from .baselines import init_encoder
+
+    config_path = find_run_config(checkpoint)
+    if config_path is None:
+        raise FileNotFoundError(f"--baseline {baseline}: {checkpoint} holds no run config.yaml to rebuild the encoder from")
+    config = config_from_yaml(config_path)
+    return Run(init_encoder(config), f"{checkpoint}#{baseline}", config, str(config_path), baseline)
+
+
 def _has_config_json(source: str) -> bool:
     from ..hub import source_architecture
 

@@ -67,20 +67,38 @@ def run_suite(
     ``rank`` the effective rank of the eval features. Skipped protocols are None.
     """
     cfg = cfg or SuiteConfig()
+
+    def extract(data: Dataset, poolings: list[Pooling], patch_similarity: bool) -> Features:
+        return extract_features(vit, data, poolings, patch_similarity=patch_similarity, batch_size=cfg.batch_size,
+                                num_workers=cfg.num_workers, accelerator=accelerator)
+
+    return score_suite(extract, eval_data, train_data, cfg, progress)
+
+
+Extractor = Callable[[Dataset, list[Pooling], bool], Features]  # (data, poolings, patch_similarity) -> Features
+
+
+def score_suite(
+    extract: Extractor,
+    eval_data: Dataset,
+    train_data: Dataset | None,
+    cfg: SuiteConfig,
+    progress: Callable[[str], None] = log.info,
+) -> dict:
+    """``run_suite`` over any feature extractor (an encoder's pooled tokens, raw pixels, ...)."""
     protocols = set(cfg.protocols)
     if cfg.needs_train and train_data is None:
         raise ValueError(f"{sorted(NEEDS_TRAIN & protocols)} need a training split")
     timings: dict[str, float] = {}
-    extract = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers, accelerator=accelerator)
     eval_poolings = ([cfg.nn_pooling] if "nn" in protocols else []) + [cfg.pooling]
     progress(f"features of {len(eval_data)} eval images")  # type: ignore[arg-type]
     with _timed(timings, "features_eval"):
-        ev = extract_features(vit, eval_data, eval_poolings, patch_similarity="sim" in protocols, **extract)
+        ev = extract(eval_data, eval_poolings, "sim" in protocols)
     tr: Features | None = None
     if cfg.needs_train:
         progress(f"features of {len(train_data)} train images")  # type: ignore[arg-type]
         with _timed(timings, "features_train"):
-            tr = extract_features(vit, train_data, cfg.pooling, **extract)
+            tr = extract(train_data, [cfg.pooling], False)
     x_ev, y_ev = ev[cfg.pooling], ev.labels
     out: dict = dict.fromkeys(("nn", "knn", "linear", "fewshot", "fewshot_std", "fewshot_runs", "sim", "sim_patches", "rank"))
     linear_lr = None
@@ -105,9 +123,10 @@ def run_suite(
     if "sim" in protocols:
         with _timed(timings, "sim"):
             out["sim"] = pairwise_similarity(x_ev)
-            out["sim_patches"] = float(ev.patch_sim[cfg.pooling.norm].mean())
+            patch_sim = ev.patch_sim.get(cfg.pooling.norm)  # absent for features without patches (raw pixels)
+            out["sim_patches"] = float(patch_sim.mean()) if patch_sim is not None else None
             out["rank"] = effective_rank(x_ev)
-        progress(f"sim {out['sim']:.3f} sim_patches {out['sim_patches']:.3f} rank {out['rank']:.1f}")
+        progress(f"sim {out['sim']:.3f} rank {out['rank']:.1f}")
     out["meta"] = {
         "pooling": cfg.pooling.name,
         "nn_pooling": cfg.nn_pooling.name,
