@@ -359,7 +359,8 @@ def micro_runner(nn_by_lr: dict[float, float]):
             lr = float(next(a for a in reversed(argv) if a.startswith("train.base_lr=")).split("=")[1]) if any(
                 a.startswith("train.base_lr=") for a in argv) else None
             (out / "summary.json").write_text(json.dumps({"steps": 2, "epochs": 1, "nn": nn_by_lr.get(lr, 0.0)}))
-            (out / "log.jsonl").write_text("".join(json.dumps({"step": i, "epoch": i, "eval/nn": 20.0 + i}) + "\n" for i in range(3)))
+            (out / "log.jsonl").write_text("".join(json.dumps({"step": 10 * i, "epoch": i, "eval/nn": 20.0 + i}) + "\n"
+                                                   for i in range(1, 4)))
         else:
             target = ROOT / argv[argv.index("--out") + 1]
             target.write_text(json.dumps({"nn": 30.0, "knn": 31.0, "linear": 40.0, "sim": 0.4}))
@@ -389,6 +390,7 @@ def test_micro_sweep_picks_the_best_holdout_nn_then_trains_the_table_run(tmp_pat
     png = tmp_path / "results" / "nn-cifar10-main.png"
     if importlib.util.find_spec("matplotlib"):
         assert png.is_file() and "![NN during training, Main table — CIFAR-10](results/nn-cifar10-main.png)" in text
+    assert rp.nn_curve(tmp_path / "runs" / "cifar10" / "mae", 256) == [(2.56, 21.0), (5.12, 22.0), (7.68, 23.0)]
 
 
 def test_raw_pixel_claim():
@@ -398,3 +400,6 @@ def test_raw_pixel_claim():
     assert claims[-1].verdict == "reproduced" and "pixels 27.9" in claims[-1].detail
     assert rp.evaluate_claims({**good, "pixels": {"nn": 28.0}}, with_pixels=True)[-1].verdict == "not reproduced"
     assert rp.evaluate_claims(GOOD, with_pixels=True)[-1].verdict.startswith("pending (missing: nn of pixels")
+    partial = rp.evaluate_claims({"mae": {"nn": 29.0}, "latent_mim": {"nn": 40.0}, "pixels": {"nn": 34.9}}, with_pixels=True)[-1]
+    assert partial.verdict == "not reproduced" and partial.detail.startswith("mae 29.0 vs pixels 34.9")
+    assert rp.evaluate_claims({"mae": {"nn": 36.0}, "pixels": {"nn": 34.9}}, with_pixels=True)[-1].verdict.startswith("pending")

@@ -14,15 +14,13 @@ from typing import Any, NoReturn
 import timm
 import torch
 from accelerate import Accelerator
-
-from ..config import ConfigError
-from .features import POOL_KINDS, Pooling, native_size
-from .fewshot import FewShotConfig
-from .linear import LinearProbeConfig
 from torch.utils.data import Dataset
 
+from ..config import ConfigError
 from .baselines import BASELINES, pixel_features
-from .features import Features
+from .features import POOL_KINDS, Features, Pooling, native_size
+from .fewshot import FewShotConfig
+from .linear import LinearProbeConfig
 from .runs import HUB_PREFIXES, data_config, load_baseline, load_eval_data, load_run, local_path, normalization
 from .suite import PROTOCOLS, SuiteConfig, run_suite, score_suite
 
