@@ -45,6 +45,13 @@ class ModelConfig:
     # "learned": timm's trainable position table; "sincos": fixed 2-D sin-cos positions of the
     # grid cells, not trained (MAE, Latent MIM), replacing any table loaded by init.encoder.
     pos_embed: Literal["learned", "sincos"] = "learned"
+    # Coordinate of grid cell k in every fixed sin-cos table (encoder and decoders): "index" k, or
+    # "linspace" k * grid / (grid - 1) (cells spread evenly over [0, grid], as Latent MIM's code does).
+    sincos_coords: Literal["index", "linspace"] = "index"
+    # Initialisation of a randomly built encoder and of every head: "timm" (truncated normal 0.02
+    # linears, timm's own ViT init) or "mae" (Xavier-uniform linears, the patch embedding as a linear
+    # over the flattened patch, CLS and register tokens N(0, 0.02)).
+    init: Literal["timm", "mae"] = "timm"
 
 
 @dataclass
@@ -52,7 +59,9 @@ class InitConfig:
     """Where the weights start from (None: random init)."""
 
     encoder: str | None = None  # timm Hub id, file, exported mimkit dir, or reference checkpoint
-    target: str | None = None  # a source like `encoder`, or "same" to copy the context encoder
+    # a source like `encoder`; "same" (or unset) copies the context encoder; "random" gives the
+    # target its own freshly initialised weights (ema and standalone targets only)
+    target: str | None = None
 
 
 @dataclass
@@ -76,12 +85,18 @@ class DataConfig:
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     num_workers: int = 4
+    # Evaluation transform: resize the short side to side / eval_crop, then centre-crop the side
+    # (1.0: resize straight to the side; 0.875: the usual ImageNet-style centre crop)
+    eval_crop: float = 1.0
 
 
 @dataclass
 class MaskingConfig:
     ratio: float = 0.75  # fraction of grid cells that become targets
     gap: int = 0  # pixels of random jitter room around each patch (0: ordinary grid)
+    # Where a patch may sit in its (P + G)-px cell: offsets drawn from {0..G} ("0..G"; two
+    # neighbouring patches can touch) or {0..G-1} ("0..G-1"; they never touch; no jitter at G = 1)
+    offsets: Literal["0..G", "0..G-1"] = "0..G"
 
 
 @dataclass
@@ -101,6 +116,11 @@ class DecoderConfig:
     num_heads: int = 16
     mlp_ratio: float = 4.0
     visual_cues: bool = False  # cross_attn only: seed queries with a position-weighted blend of Z_V
+    cls_query: bool = False  # cross_attn only: a learned CLS query rides along even when no head reads it
+    qkv_bias: bool = True  # biases on the attention's query/key/value projections
+    final_norm: bool = True  # LayerNorm before the output linear
+    pos_embed: Literal["sincos", "learned"] = "sincos"  # "learned": a trained table, truncated-normal init
+    mask_token_init: Literal["normal", "zero"] = "normal"  # N(0, 0.02) or zeros
 
 
 @dataclass
@@ -111,12 +131,16 @@ class ProjectorConfig:
     out_dim: int | None = None  # None: the encoder width
     norm: bool = True  # LayerNorm after each hidden linear
     out_norm: bool = True  # LayerNorm on the output
+    bias: bool = True  # biases on the linears
 
 
 @dataclass
 class SimilarityConfig:
     coef: float = 0.0  # 0 disables the regulariser
     gamma: list[float] = field(default_factory=lambda: [0.75, 0.25])  # [start, end], cosine
+    # "per_image": mean over images of (gamma - mean off-diagonal cosine within the image)^2;
+    # "batch": (gamma - mean cosine over every image's pairs, diagonal included)^2, once per batch
+    form: Literal["per_image", "batch"] = "per_image"
 
 
 @dataclass
@@ -163,9 +187,19 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimizer steps
     seed: int = 0
     base_lr: float = 1.5e-4  # lr = base_lr * batch_size / 256
-    min_lr: float = 0.0
+    min_lr: float = 0.0  # absolute floor of the cosine
+    # Relative floor: warm-up starts from min_lr_ratio * peak and the cosine ends there (0: from 0 to 0)
+    min_lr_ratio: float = 0.0
+    # "warmup_cosine": linear warm-up, then a cosine over the remaining steps; "min_warmup_cosine":
+    # the smaller of the warm-up line and a cosine over the whole run
+    lr_schedule: Literal["warmup_cosine", "min_warmup_cosine"] = "warmup_cosine"
+    lr_per: Literal["step", "epoch"] = "step"  # how often the lr changes ("epoch": held within an epoch)
     warmup_epochs: float = 10.0
     weight_decay: float = 0.05
+    # Parameters without weight decay, as rules: "ndim1" (biases, norm weights: every 1-D tensor),
+    # "tokens" (position tables, CLS / register / mask tokens, CLS queries), "embed" (every name
+    # containing "embed": patch and decoder input embeddings, position tables). [] decays everything.
+    no_decay: list[str] = field(default_factory=lambda: ["ndim1", "tokens"])
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     clip_grad: float | None = None
     # "auto": bf16 on a CUDA GPU with bf16 or a CPU with native bf16 matrix instructions, else fp32
@@ -430,6 +464,8 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "", base: Any = Non
 
 # --------------------------------------------------------------------------- validation
 
+NO_DECAY_RULES = ("ndim1", "tokens", "embed")  # what train.no_decay may list (mimkit.trainer.param_groups)
+
 
 def _require(ok: bool, msg: str) -> None:
     if not ok:
@@ -457,6 +493,7 @@ def validate(cfg: RunConfig) -> None:
     _require(d.image_size is None or d.image_size > 0, f"data.image_size: {d.image_size} must be positive")
     _require(d.decode_size is None or d.decode_size > 0, f"data.decode_size: {d.decode_size} must be positive")
     _require(d.holdout >= 0, f"data.holdout: {d.holdout} must be >= 0")
+    _require(0.0 < d.eval_crop <= 1.0, f"data.eval_crop: {d.eval_crop} must be in (0, 1]")
 
     active = o.active()
     _require(bool(active), "objectives: every head has weight 0; set objectives.<latent|pixel|cls>.weight")
@@ -476,10 +513,11 @@ def validate(cfg: RunConfig) -> None:
             _require(dec.dim > 0 and dec.depth >= 1 and dec.num_heads >= 1, f"{key}: dim, depth and num_heads must be positive")
             _require(dec.dim % dec.num_heads == 0, f"{key}.dim: {dec.dim} is not divisible by {key}.num_heads={dec.num_heads}")
             _require(dec.dim % 4 == 0, f"{key}.dim: {dec.dim} must be a multiple of 4 (2-D sin-cos positions)")
-            _require(
-                not dec.visual_cues or dec.kind == "cross_attn",
-                f"{key}.visual_cues: only the cross_attn decoder takes visual cues (kind is {dec.kind!r})",
-            )
+            for flag in ("visual_cues", "cls_query"):
+                _require(
+                    not getattr(dec, flag) or dec.kind == "cross_attn",
+                    f"{key}.{flag}: only the cross_attn decoder has this option (kind is {dec.kind!r})",
+                )
     if "latent" in active:
         lat = o.latent
         _require(lat.tau > 0, f"objectives.latent.tau: {lat.tau} must be positive")
@@ -504,6 +542,13 @@ def validate(cfg: RunConfig) -> None:
     _require(tr.max_steps is None or tr.max_steps >= 1, f"train.max_steps: {tr.max_steps} must be >= 1")
     _require(tr.base_lr > 0, f"train.base_lr: {tr.base_lr} must be positive")
     _require(tr.warmup_epochs >= 0, f"train.warmup_epochs: {tr.warmup_epochs} must be >= 0")
+    _require(0.0 <= tr.min_lr_ratio < 1.0, f"train.min_lr_ratio: {tr.min_lr_ratio} must be in [0, 1)")
+    _require(
+        not (tr.min_lr_ratio > 0 and tr.min_lr > 0),
+        f"train.min_lr={tr.min_lr} and train.min_lr_ratio={tr.min_lr_ratio}: set one floor, not both",
+    )
+    bad = [r for r in tr.no_decay if r not in NO_DECAY_RULES]
+    _require(not bad, f"train.no_decay: {bad} not known; rules are {list(NO_DECAY_RULES)}")
     _require(len(tr.betas) == 2 and all(0 <= b < 1 for b in tr.betas), f"train.betas: {tr.betas} must be two values in [0, 1)")
     _require(tr.clip_grad is None or tr.clip_grad > 0, f"train.clip_grad: {tr.clip_grad} must be positive or null")
     _require(

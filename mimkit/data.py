@@ -123,11 +123,11 @@ def train_transform(size: int, cfg: DataConfig) -> Callable[[Image.Image], Any]:
 
 
 def eval_transform(size: int, cfg: DataConfig) -> T.Compose:
-    """Resize the short side to ``size``, centre crop, normalise."""
+    """Resize the short side to ``size / data.eval_crop`` (rounded down), centre crop ``size``, normalise."""
     return T.Compose(
         [
             T.ToImage(),
-            T.Resize(size, interpolation=T.InterpolationMode.BICUBIC, antialias=True),
+            T.Resize(int(size / cfg.eval_crop), interpolation=T.InterpolationMode.BICUBIC, antialias=True),
             T.CenterCrop(size),
             T.ToDtype(torch.float32, scale=True),
             T.Normalize(cfg.mean, cfg.std),

@@ -8,16 +8,20 @@ therefore checkpoints) are timm's own: ``encoder.vit.state_dict()`` loads into
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import timm
 import torch
-from timm.layers import build_sincos2d_pos_embed
+from timm.layers.pos_embed_sincos import freq_bands
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import ConfigError, RunConfig
 from .masking import patchify
+from .weights import init_encoder
+
+SincosCoords = Literal["index", "linspace"]
 
 
 @dataclass(frozen=True)
@@ -105,9 +109,11 @@ def resolve_geometry(cfg: RunConfig) -> tuple[Geometry, dict]:
 
 def build_vit(cfg: RunConfig, kw: dict, source: str | None = None, key: str = "init.encoder") -> VisionTransformer:
     """The timm ViT of ``model.name`` with the weights of ``source`` (a ``load_encoder`` source)
-    when given, else randomly initialised. Load failures name the config ``key``."""
+    when given, else randomly initialised by ``model.init``. Load failures name the config ``key``."""
     if not source:
-        return timm.create_model(cfg.model.name, pretrained=False, **kw)
+        vit = timm.create_model(cfg.model.name, pretrained=False, **kw)
+        init_encoder(vit, cfg.model.init)
+        return vit
     from .hub import CheckpointError, load_encoder
 
     try:
@@ -116,12 +122,25 @@ def build_vit(cfg: RunConfig, kw: dict, source: str | None = None, key: str = "i
         raise ConfigError(f"{key}: {e}") from e
 
 
-def sincos_positions(grid: int, dim: int) -> Tensor:
-    """(grid * grid, dim) fixed 2-D sin-cos embedding, row-major cells."""
-    return build_sincos2d_pos_embed([grid, grid], dim=dim)
+def sincos_positions(grid: int, dim: int, coords: SincosCoords = "index") -> Tensor:
+    """(grid * grid, dim) fixed 2-D sin-cos embedding of row-major cells: [sin y, sin x, cos y, cos x],
+    each over dim / 4 frequencies 1 / 10000^(i / (dim / 4)) (timm's ``build_sincos2d_pos_embed``).
+
+    ``coords``: cell k sits at coordinate k ("index") or k * grid / (grid - 1) ("linspace").
+    """
+    if dim % 4:
+        raise ValueError(f"a 2-D sin-cos embedding needs a width divisible by 4, got {dim}")
+    c = torch.arange(grid, dtype=torch.float32)
+    if coords == "linspace" and grid > 1:
+        c = c * grid / (grid - 1)
+    elif coords not in ("index", "linspace"):
+        raise ValueError(f"model.sincos_coords: unknown value {coords!r}")
+    yy, xx = torch.meshgrid(c, c, indexing="ij")
+    angles = torch.stack([yy.flatten(), xx.flatten()], dim=1)[..., None] * freq_bands(dim // 4, step=1)  # (L, 2, dim/4)
+    return torch.stack([angles.sin(), angles.cos()], dim=1).flatten(1)  # (L, dim)
 
 
-def fix_sincos_positions(vit: VisionTransformer, grid: int) -> bool:
+def fix_sincos_positions(vit: VisionTransformer, grid: int, coords: SincosCoords = "index") -> bool:
     """Make ``vit``'s position table the fixed 2-D sin-cos embedding of its grid cells (prefix
     slots zero) and stop training it. Returns whether the table held other values before."""
     pe = vit.pos_embed  # (1, [prefix +] L, D)
@@ -132,7 +151,7 @@ def fix_sincos_positions(vit: VisionTransformer, grid: int) -> bool:
         raise ConfigError(f"model.pos_embed: sincos needs an embedding width divisible by 4, got {dim}")
     n = 0 if vit.no_embed_class else vit.num_prefix_tokens
     table = torch.zeros_like(pe)
-    table[0, n:] = sincos_positions(grid, dim).to(pe)
+    table[0, n:] = sincos_positions(grid, dim, coords).to(pe)
     changed = not torch.equal(pe.detach(), table)
     with torch.no_grad():
         pe.copy_(table)

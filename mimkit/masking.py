@@ -22,11 +22,18 @@ def num_visible(num_cells: int, ratio: float) -> int:
     return n
 
 
+def max_offset(gap: int, offsets: str = "0..G") -> int:
+    """The largest offset of a patch in its cell under ``masking.offsets``: G ("0..G") or G - 1 ("0..G-1")."""
+    if offsets not in ("0..G", "0..G-1"):
+        raise ValueError(f"masking.offsets: {offsets!r} is not '0..G' or '0..G-1'")
+    return gap if offsets == "0..G" or gap == 0 else gap - 1
+
+
 def grid_offsets(
-    batch: int, num_cells: int, gap: int, device: torch.device, generator: torch.Generator | None = None
+    batch: int, num_cells: int, high: int, device: torch.device, generator: torch.Generator | None = None
 ) -> Tensor:
-    """Random (row, col) offsets in [0, gap] of each patch inside its cell: (B, L, 2) int64."""
-    return torch.randint(0, gap + 1, (batch, num_cells, 2), device=device, generator=generator)
+    """Random (row, col) offsets in {0, ..., high} of each patch inside its cell: (B, L, 2) int64."""
+    return torch.randint(0, high + 1, (batch, num_cells, 2), device=device, generator=generator)
 
 
 def patchify(images: Tensor, patch: int, gap: int = 0, offsets: Tensor | None = None) -> Tensor:
@@ -85,10 +92,13 @@ def random_split(
     return order[:, :nv], order[:, nv:]
 
 
-def draw_masks(batch: int, num_cells: int, gap: int, ratio: float, device: torch.device) -> tuple[Tensor | None, Tensor, Tensor]:
+def draw_masks(
+    batch: int, num_cells: int, gap: int, ratio: float, device: torch.device, high: int | None = None
+) -> tuple[Tensor | None, Tensor, Tensor]:
     """One step's randomness, drawn on ``device`` from torch's global RNG: gap offsets
-    (B, L, 2) (None when gap is 0), then the visible (B, Nv) and target (B, Nt) indices."""
-    offsets = grid_offsets(batch, num_cells, gap, device) if gap else None
+    (B, L, 2) in {0, ..., high} (high defaults to gap; None when gap is 0), then the visible
+    (B, Nv) and target (B, Nt) indices."""
+    offsets = grid_offsets(batch, num_cells, gap if high is None else high, device) if gap else None
     visible, target = random_split(batch, num_cells, ratio, device)
     return offsets, visible, target
 

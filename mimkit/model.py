@@ -15,7 +15,7 @@ from objectives.projector import Projector
 
 from .config import ConfigError, RunConfig
 from .encoder import ContextEncoder, Geometry, build_vit, fix_sincos_positions, resolve_geometry
-from .masking import draw_masks, gather_tokens, num_visible, patchify
+from .masking import draw_masks, gather_tokens, max_offset, num_visible, patchify
 from .schedules import interp
 from .target import TargetEncoder, ema_
 
@@ -35,6 +35,7 @@ class MIMModel(nn.Module):
         self.cfg = cfg
         self.geometry: Geometry = geometry
         self.ratio = cfg.masking.ratio
+        self.max_offset = max_offset(cfg.masking.gap, cfg.masking.offsets)
         try:
             self.num_visible = num_visible(geometry.num_cells, cfg.masking.ratio)
         except ValueError as e:
@@ -46,7 +47,8 @@ class MIMModel(nn.Module):
                 f"{cfg.masking.ratio} leaves {self.num_visible} of {geometry.num_cells}"
             )
         vit = build_vit(cfg, kw, cfg.init.encoder)
-        if cfg.model.pos_embed == "sincos" and fix_sincos_positions(vit, geometry.grid) and cfg.init.encoder:
+        coords = cfg.model.sincos_coords
+        if cfg.model.pos_embed == "sincos" and fix_sincos_positions(vit, geometry.grid, coords) and cfg.init.encoder:
             log.warning(
                 "model.pos_embed=sincos replaces the position table loaded from init.encoder with fixed sin-cos "
                 "positions; set model.pos_embed=learned to keep and train the loaded one"
@@ -68,7 +70,8 @@ class MIMModel(nn.Module):
 
     def _init_target(self, cfg: RunConfig, kw: dict) -> None:
         """``init.target``: "same" (or unset) starts the target as a copy of the context encoder;
-        any other source loads its weights into the target's own copy."""
+        "random" gives it its own random weights (``model.init``); any other source loads its
+        weights into the target's own copy."""
         source = cfg.init.target
         if source in (None, "same"):
             return
@@ -78,9 +81,10 @@ class MIMModel(nn.Module):
                 f"init.target: target.mode={cfg.target.mode!r} shares the context encoder's weights; "
                 "only ema and standalone targets can start from their own weights"
             )
-        self.target.own.vit.load_state_dict(build_vit(cfg, kw, source, key="init.target").state_dict())
+        vit = build_vit(cfg, kw, None if source == "random" else source, key="init.target")
+        self.target.own.vit.load_state_dict(vit.state_dict())
         if cfg.model.pos_embed == "sincos":
-            fix_sincos_positions(self.target.own.vit, self.geometry.grid)
+            fix_sincos_positions(self.target.own.vit, self.geometry.grid, cfg.model.sincos_coords)
 
     @property
     def input_size(self) -> int:
@@ -115,7 +119,9 @@ class MIMModel(nn.Module):
         """Masking + ``forward_split`` for rows [start, start + B) of a global batch of ``total``."""
         g = self.geometry
         rows = slice(start, start + images.shape[0])
-        offsets, visible_idx, target_idx = draw_masks(total, g.num_cells, g.gap, self.ratio, images.device)  # for all rows
+        offsets, visible_idx, target_idx = draw_masks(
+            total, g.num_cells, g.gap, self.ratio, images.device, self.max_offset
+        )  # for all rows
         patches = patchify(images, g.patch, g.gap, offsets[rows] if offsets is not None else None)  # (B, L, C*P*P)
         return self.forward_split(patches, visible_idx[rows], target_idx[rows], progress)
 

@@ -69,10 +69,14 @@ def resolve_precision(requested: Requested, device_type: str) -> Precision:
     return requested
 
 
+def bf16_is_emulated(precision: Precision, device_type: str) -> bool:
+    """True for bf16 on a CPU without native bf16: it runs, but slower than fp32 (worth a warning)."""
+    return precision == "bf16" and device_type == "cpu" and not cpu_has_native_bf16()
+
+
 def autocast_dtype(precision: Precision) -> torch.dtype | None:
     """The autocast dtype of a resolved precision (None: run in fp32)."""
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "no": None}[precision]
-
 
 
 def default_device_type() -> str:

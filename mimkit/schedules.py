@@ -36,15 +36,33 @@ def interp(kind: Literal["cosine", "linear", "constant"], start: float, end: flo
     raise ValueError(f"unknown schedule {kind!r}")
 
 
-def learning_rate(step: int, total_steps: int, warmup_steps: int, peak: float, minimum: float = 0.0) -> float:
-    """Linear warm-up from 0 to ``peak`` over ``warmup_steps``, then cosine to ``minimum``.
+def learning_rate(
+    step: int,
+    total_steps: int,
+    warmup_steps: int,
+    peak: float,
+    minimum: float = 0.0,
+    floor_ratio: float = 0.0,
+    shape: Literal["warmup_cosine", "min_warmup_cosine"] = "warmup_cosine",
+) -> float:
+    """The lr used *for* optimizer step ``step`` (counted from 0) of ``total_steps``.
 
-    ``step`` counts optimizer steps from 0; the value is the lr used *for* that step.
+    Warm-up is a line from ``floor_ratio * peak`` towards ``peak``, reaching it at step
+    ``warmup_steps - 1`` (step s gets floor + (peak - floor) (s + 1) / warmup_steps). The cosine
+    ends at ``max(minimum, floor_ratio * peak)``. ``warmup_cosine``: the cosine starts after the
+    warm-up; ``min_warmup_cosine``: the smaller of the warm-up line and a cosine over the whole run.
+    The same function serves per-epoch schedules with epochs in place of steps.
     """
-    if warmup_steps > 0 and step < warmup_steps:
-        return peak * (step + 1) / warmup_steps
-    decay = max(total_steps - warmup_steps, 1)
-    return cosine_interp(peak, minimum, (step - warmup_steps) / decay)
+    low = max(minimum, floor_ratio * peak)
+    start = floor_ratio * peak
+    ramp = start + (peak - start) * (step + 1) / warmup_steps if warmup_steps > 0 else peak
+    if shape == "min_warmup_cosine":
+        return min(ramp, cosine_interp(peak, low, step / max(total_steps, 1)))
+    if shape != "warmup_cosine":
+        raise ValueError(f"train.lr_schedule: unknown shape {shape!r}")
+    if step < warmup_steps:
+        return ramp
+    return cosine_interp(peak, low, (step - warmup_steps) / max(total_steps - warmup_steps, 1))
 
 
 def scaled_lr(base_lr: float, batch_size: int) -> float:

@@ -23,17 +23,17 @@ from torch.utils.data import DataLoader
 
 from . import checkpoint as ckpt
 from .augment import finish_batch
-from .config import ConfigError, RunConfig, flatten
+from .config import ConfigError, RunConfig, TrainConfig, flatten
 from .data import collate, load_splits, train_transform
 from .eval.monitor import build_monitor
 from .model import MIMModel, build_model
-from .precision import default_device_type, resolve_precision
+from .precision import bf16_is_emulated, default_device_type, resolve_precision
 from .schedules import learning_rate, scaled_lr
 
 log = logging.getLogger("mimkit")
 
-# Parameters without weight decay: every bias and norm weight (1-D) and these tokens/embeddings.
-_NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token", "mask_token", "cls_query")
+# The last name part of the parameters that train.no_decay's "tokens" rule exempts.
+_TOKEN_NAMES = ("pos_embed", "pos", "cls_token", "reg_token", "mask_token", "cls_query")
 
 
 def make_accelerator(cfg: RunConfig, output_dir: str | Path) -> Accelerator:
@@ -43,6 +43,9 @@ def make_accelerator(cfg: RunConfig, output_dir: str | Path) -> Accelerator:
     mixed = resolve_precision(requested, device_type)
     if requested == "fp16" and mixed != "fp16":
         log.warning("train.mixed_precision=fp16 needs a GPU; running in fp32 on the CPU")
+    if bf16_is_emulated(mixed, device_type):
+        log.warning("train.mixed_precision=bf16: this CPU has no native bf16 matrix instructions, so bf16 is emulated "
+                    "and runs several times slower than fp32; train.mixed_precision=auto picks fp32 here")
     log.info("precision: %s on %s (train.mixed_precision=%s)", "fp32" if mixed == "no" else f"{mixed} autocast", device_type, requested)
     return Accelerator(
         mixed_precision=mixed,
@@ -100,17 +103,32 @@ def make_plan(cfg: RunConfig, num_processes: int, dataset_len: int) -> Plan:
     return Plan(micro, steps_per_epoch, total, warmup, scaled_lr(tr.base_lr, tr.batch_size))
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay on weight matrices, none on norms, biases, positions and tokens."""
-    decay, no_decay = [], []
+def decays(name: str, p: torch.Tensor, no_decay: list[str] | tuple[str, ...]) -> bool:
+    """Whether parameter ``name`` gets weight decay under the ``train.no_decay`` rules."""
+    exempt = {
+        "ndim1": p.ndim <= 1,
+        "tokens": name.split(".")[-1] in _TOKEN_NAMES,
+        "embed": "embed" in name,
+    }
+    return not any(exempt[rule] for rule in no_decay)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, no_decay: list[str] | tuple[str, ...] = ("ndim1", "tokens")) -> list[dict[str, Any]]:
+    """AdamW groups: trainable parameters with and without weight decay (``decays``)."""
+    decay, exempt = [], []
     for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim <= 1 or any(k in name.split(".")[-1] for k in _NO_DECAY_NAMES):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if p.requires_grad:
+            (decay if decays(name, p, no_decay) else exempt).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": exempt, "weight_decay": 0.0}]
+
+
+def lr_at(step: int, plan: Plan, tr: TrainConfig) -> float:
+    """The lr of optimizer step ``step`` under ``train.lr_schedule`` / ``lr_per`` / the floors."""
+    if tr.lr_per == "epoch":  # the same curve over epochs, held within each epoch
+        spe = plan.steps_per_epoch
+        return learning_rate(step // spe, math.ceil(plan.total_steps / spe), int(round(tr.warmup_epochs)), plan.peak_lr,
+                             tr.min_lr, tr.min_lr_ratio, tr.lr_schedule)
+    return learning_rate(step, plan.total_steps, plan.warmup_steps, plan.peak_lr, tr.min_lr, tr.min_lr_ratio, tr.lr_schedule)
 
 
 ADAMW_IMPLS: dict[str, dict[str, bool]] = {
@@ -129,7 +147,7 @@ def default_adamw_impl(device_type: str) -> str:
 def make_optimizer(model: torch.nn.Module, cfg: RunConfig, lr: float, impl: str = "default") -> torch.optim.AdamW:
     """The run's AdamW: ``param_groups``, ``train.betas``, the ``ADAMW_IMPLS[impl]`` kernels."""
     tr = cfg.train
-    return torch.optim.AdamW(param_groups(model, tr.weight_decay), lr=lr, betas=tuple(tr.betas), **ADAMW_IMPLS[impl])
+    return torch.optim.AdamW(param_groups(model, tr.weight_decay, tr.no_decay), lr=lr, betas=tuple(tr.betas), **ADAMW_IMPLS[impl])
 
 
 class StatAccumulator:
@@ -348,7 +366,7 @@ class Trainer:
         self.skipped += batch["skipped"].to(self.skipped.device)
         progress = state.step / plan.total_steps
         with acc.accumulate(model):
-            self._lr = learning_rate(state.step, plan.total_steps, plan.warmup_steps, plan.peak_lr, tr.min_lr)
+            self._lr = lr_at(state.step, plan, tr)
             for group in self.optimizer.param_groups:
                 group["lr"] = self._lr
             world_rows = plan.micro_batch * acc.num_processes

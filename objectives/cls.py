@@ -7,9 +7,9 @@ from torch import Tensor
 
 from mimkit.config import RunConfig
 from mimkit.encoder import Geometry
+from mimkit.weights import init_weights
 
 from .base import Context, Objective
-from .decoders import init_weights
 from .losses import mse
 
 
@@ -30,7 +30,7 @@ class ClsObjective(Objective):
         self.source = cfg.source
         self.predictor = Mlp(enc_dim, cfg.hidden_dim, enc_dim) if cfg.source == "context.cls" else None
         if self.predictor is not None:
-            init_weights(self.predictor)
+            init_weights(self.predictor, run.model.init)
 
     def forward(self, ctx: Context) -> dict[str, Tensor]:
         if self.predictor is None:

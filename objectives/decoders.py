@@ -15,29 +15,18 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from mimkit.config import DecoderConfig
-from mimkit.encoder import sincos_positions
-
-
-def init_weights(module: nn.Module) -> None:
-    """Truncated-normal linears (std 0.02), zero biases, unit LayerNorms."""
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+from mimkit.encoder import SincosCoords, sincos_positions
+from mimkit.weights import Scheme, init_weights
 
 
 class CrossAttention(nn.Module):
     """Multi-head attention of queries ``x`` over a separate sequence ``memory`` (fused SDPA)."""
 
-    def __init__(self, dim: int, num_heads: int) -> None:
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim)
-        self.kv = nn.Linear(dim, 2 * dim)
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor, memory: Tensor) -> Tensor:
@@ -52,13 +41,13 @@ class CrossAttention(nn.Module):
 class CrossBlock(nn.Module):
     """Self-attention among the queries, cross-attention to the memory, MLP; pre-norm residuals."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool = True) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.self_attn = Attention(dim, num_heads, qkv_bias=True)  # timm's fused self-attention
+        self.self_attn = Attention(dim, num_heads, qkv_bias=qkv_bias)  # timm's fused self-attention
         self.norm2 = nn.LayerNorm(dim)
         self.norm_mem = nn.LayerNorm(dim)
-        self.cross_attn = CrossAttention(dim, num_heads)
+        self.cross_attn = CrossAttention(dim, num_heads, qkv_bias)
         self.norm3 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
@@ -71,17 +60,24 @@ class CrossBlock(nn.Module):
 class _Decoder(nn.Module):
     """Shared parts: input embedding, mask token, positions, output norm and head."""
 
-    def __init__(self, in_dim: int, out_dim: int, cfg: DecoderConfig, grid: int) -> None:
+    def __init__(self, in_dim: int, out_dim: int, cfg: DecoderConfig, grid: int, coords: SincosCoords) -> None:
         super().__init__()
+        self.cfg = cfg
         self.embed = nn.Linear(in_dim, cfg.dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
-        self.register_buffer("pos", sincos_positions(grid, cfg.dim), persistent=False)  # (L, dim)
-        self.norm = nn.LayerNorm(cfg.dim)
+        if cfg.pos_embed == "learned":
+            self.pos = nn.Parameter(torch.zeros(grid * grid, cfg.dim))  # (L, dim)
+        else:
+            self.register_buffer("pos", sincos_positions(grid, cfg.dim, coords), persistent=False)  # (L, dim)
+        self.norm = nn.LayerNorm(cfg.dim) if cfg.final_norm else nn.Identity()
         self.head = nn.Linear(cfg.dim, out_dim)
 
-    def _init(self) -> None:
-        init_weights(self)
-        nn.init.normal_(self.mask_token, std=0.02)
+    def _init(self, scheme: Scheme) -> None:
+        init_weights(self, scheme)
+        if self.cfg.mask_token_init == "normal":
+            nn.init.normal_(self.mask_token, std=0.02)
+        if isinstance(self.pos, nn.Parameter):
+            trunc_normal_(self.pos, std=0.02)
 
     def add_positions(self, z: Tensor, visible_idx: Tensor, num_prefix: int) -> Tensor:
         """(B, prefix + Nv, dim): patch tokens get their cell's position, prefix tokens none."""
@@ -96,11 +92,14 @@ class SelfAttnDecoder(_Decoder):
     """MAE-style: [context tokens + positions, mask tokens + positions] through self-attention
     blocks; the CLS prediction is the output at the context CLS slot."""
 
-    def __init__(self, in_dim: int, out_dim: int, cfg: DecoderConfig, grid: int, with_cls: bool = False) -> None:
-        super().__init__(in_dim, out_dim, cfg, grid)
+    def __init__(
+        self, in_dim: int, out_dim: int, cfg: DecoderConfig, grid: int, with_cls: bool = False,
+        coords: SincosCoords = "index", scheme: Scheme = "timm",
+    ) -> None:
+        super().__init__(in_dim, out_dim, cfg, grid, coords)
         self.with_cls = with_cls
-        self.blocks = nn.ModuleList([Block(cfg.dim, cfg.num_heads, cfg.mlp_ratio, qkv_bias=True) for _ in range(cfg.depth)])
-        self._init()
+        self.blocks = nn.ModuleList([Block(cfg.dim, cfg.num_heads, cfg.mlp_ratio, qkv_bias=cfg.qkv_bias) for _ in range(cfg.depth)])
+        self._init(scheme)
 
     def forward(
         self, memory: Tensor, visible_idx: Tensor, target_idx: Tensor, num_prefix: int
@@ -121,15 +120,19 @@ class CrossAttnDecoder(_Decoder):
 
     With visual cues a query starts as m + p_t + softmax(p_t . p_V^T / sqrt(d)) Z_V: a
     position-weighted blend of the (embedded) visible latents. With ``with_cls`` a learned
-    CLS query rides along and its output is the CLS prediction.
+    CLS query rides along (also with ``cfg.cls_query``, where nothing reads it: it still takes
+    part in the queries' self-attention) and its output is the CLS prediction.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, cfg: DecoderConfig, grid: int, with_cls: bool = False) -> None:
-        super().__init__(in_dim, out_dim, cfg, grid)
+    def __init__(
+        self, in_dim: int, out_dim: int, cfg: DecoderConfig, grid: int, with_cls: bool = False,
+        coords: SincosCoords = "index", scheme: Scheme = "timm",
+    ) -> None:
+        super().__init__(in_dim, out_dim, cfg, grid, coords)
         self.visual_cues = cfg.visual_cues
-        self.cls_query = nn.Parameter(torch.zeros(1, 1, cfg.dim)) if with_cls else None
-        self.blocks = nn.ModuleList([CrossBlock(cfg.dim, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth)])
-        self._init()
+        self.cls_query = nn.Parameter(torch.zeros(1, 1, cfg.dim)) if with_cls or cfg.cls_query else None
+        self.blocks = nn.ModuleList([CrossBlock(cfg.dim, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias) for _ in range(cfg.depth)])
+        self._init(scheme)
         if self.cls_query is not None:
             nn.init.normal_(self.cls_query, std=0.02)
 
@@ -156,5 +159,9 @@ class CrossAttnDecoder(_Decoder):
 DECODERS: dict[str, type[_Decoder]] = {"self_attn": SelfAttnDecoder, "cross_attn": CrossAttnDecoder}
 
 
-def build_decoder(in_dim: int, out_dim: int, cfg: DecoderConfig, grid: int, with_cls: bool = False) -> _Decoder:
-    return DECODERS[cfg.kind](in_dim, out_dim, cfg, grid, with_cls=with_cls)
+def build_decoder(
+    in_dim: int, out_dim: int, cfg: DecoderConfig, grid: int, with_cls: bool = False,
+    coords: SincosCoords = "index", scheme: Scheme = "timm",
+) -> _Decoder:
+    """The ``cfg.kind`` decoder; ``coords`` and ``scheme`` are the run's ``model.sincos_coords`` and ``model.init``."""
+    return DECODERS[cfg.kind](in_dim, out_dim, cfg, grid, with_cls=with_cls, coords=coords, scheme=scheme)

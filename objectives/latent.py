@@ -10,9 +10,10 @@ from torch import Tensor, nn
 from mimkit.config import RunConfig
 from mimkit.encoder import Geometry
 from mimkit.schedules import cosine_interp
+from mimkit.weights import init_weights
 
 from .base import Context, Objective
-from .decoders import build_decoder, init_weights
+from .decoders import build_decoder
 from .losses import mean_pairwise_cosine, reconstruction_loss, similarity_regularizer
 from .projector import build_projector, projector_dim
 
@@ -36,13 +37,16 @@ class LatentObjective(Objective):
         self.publish_cls = "cls" in run.objectives.active() and run.objectives.cls.source == "latent.cls"
         self.target_mode = target.mode
         self.projector = build_projector(cfg.projector, enc_dim)
-        init_weights(self.projector)
+        init_weights(self.projector, run.model.init)
         self.target_projector: nn.Module | None = None
         if target.mode in ("ema", "standalone") and cfg.projector.kind != "none":
             self.target_projector = copy.deepcopy(self.projector)
             self.target_projector.requires_grad_(target.mode == "standalone")
         out_dim = projector_dim(cfg.projector, enc_dim)
-        self.decoder = build_decoder(out_dim, out_dim, cfg.decoder, geometry.grid, with_cls=self.publish_cls)
+        self.decoder = build_decoder(
+            out_dim, out_dim, cfg.decoder, geometry.grid, with_cls=self.publish_cls,
+            coords=run.model.sincos_coords, scheme=run.model.init,
+        )
         self.loss_fn = reconstruction_loss(cfg.loss, tau=cfg.tau, huber_delta=cfg.huber_delta)
 
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
@@ -71,7 +75,7 @@ class LatentObjective(Objective):
         sim = self.cfg.similarity
         if sim.coef > 0:
             gamma = cosine_interp(sim.gamma[0], sim.gamma[1], ctx.progress)
-            reg = similarity_regularizer(pred, z_vis, gamma)
+            reg = similarity_regularizer(pred, z_vis, gamma, sim.form)
             loss = loss + sim.coef * reg
             out["latent/reg"] = reg.detach()
             out["latent/gamma"] = gamma.detach()

@@ -88,7 +88,22 @@ def mean_pairwise_cosine(x: Tensor) -> Tensor:
     return (s.pow(2).sum(-1) - u.pow(2).sum((-2, -1))) / (N * (N - 1))
 
 
-def similarity_regularizer(pred: Tensor, visible: Tensor, gamma: float | Tensor) -> Tensor:
-    """(gamma - mean cos among predicted targets)^2 + (gamma - mean cos among visible latents)^2,
-    per image, averaged over the batch. pred: (B, Nt, D), visible: (B, Nv, D)."""
-    return ((gamma - mean_pairwise_cosine(pred)).pow(2) + (gamma - mean_pairwise_cosine(visible)).pow(2)).mean()
+def batch_mean_cosine(x: Tensor) -> Tensor:
+    """Mean cosine over every ordered pair (i, j), i = j included, of each image's N vectors,
+    averaged over the batch: mean_b |sum_i u_bi|^2 / N^2. x: (B, N, D) -> ()."""
+    u = F.normalize(x.float(), dim=-1)
+    return u.sum(dim=1).pow(2).sum(-1).mean() / x.shape[1] ** 2
+
+
+def similarity_regularizer(pred: Tensor, visible: Tensor, gamma: float | Tensor, form: str = "per_image") -> Tensor:
+    """The similarity constraint on predicted targets pred (B, Nt, D) and visible latents (B, Nv, D).
+
+    ``per_image``: mean over images of (gamma - c_b)^2 per set, c_b the image's mean off-diagonal
+    cosine. ``batch``: (gamma - c)^2 per set, c = ``batch_mean_cosine`` (diagonal included, so at
+    equilibrium the off-diagonal mean is (gamma N - 1) / (N - 1)).
+    """
+    if form == "per_image":
+        return ((gamma - mean_pairwise_cosine(pred)).pow(2) + (gamma - mean_pairwise_cosine(visible)).pow(2)).mean()
+    if form == "batch":
+        return (gamma - batch_mean_cosine(pred)).pow(2) + (gamma - batch_mean_cosine(visible)).pow(2)
+    raise ValueError(f"objectives.latent.similarity.form: unknown form {form!r}")

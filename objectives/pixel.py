@@ -30,7 +30,9 @@ class PixelObjective(Objective):
         super().__init__()
         cfg = run.objectives.pixel
         self.norm_pix = cfg.norm_pix
-        self.decoder = build_decoder(enc_dim, geometry.patch_dim, cfg.decoder, geometry.grid)
+        self.decoder = build_decoder(
+            enc_dim, geometry.patch_dim, cfg.decoder, geometry.grid, coords=run.model.sincos_coords, scheme=run.model.init
+        )
 
     def forward(self, ctx: Context) -> dict[str, Tensor]:
         pred, _ = self.decoder(ctx.tokens, ctx.visible_idx, ctx.target_idx, ctx.num_prefix)  # (B, Nt, C*P*P)

@@ -12,16 +12,17 @@ class Projector(nn.Sequential):
 
 
 def build_projector(cfg: ProjectorConfig, in_dim: int) -> nn.Module:
-    """``none`` -> Identity; ``mlp`` -> [Linear, (LayerNorm), GELU] x (layers - 1), Linear, (LayerNorm)."""
+    """``none`` -> Identity; ``mlp`` -> [Linear, (LayerNorm), GELU] x (layers - 1), Linear, (LayerNorm);
+    the linears carry biases when ``cfg.bias``."""
     if cfg.kind == "none":
         return nn.Identity()
     out_dim = cfg.out_dim or in_dim
     layers: list[nn.Module] = []
     dim = in_dim
     for _ in range(cfg.layers - 1):
-        layers += [nn.Linear(dim, cfg.hidden_dim), nn.LayerNorm(cfg.hidden_dim) if cfg.norm else nn.Identity(), nn.GELU()]
+        layers += [nn.Linear(dim, cfg.hidden_dim, bias=cfg.bias), nn.LayerNorm(cfg.hidden_dim) if cfg.norm else nn.Identity(), nn.GELU()]
         dim = cfg.hidden_dim
-    layers.append(nn.Linear(dim, out_dim))
+    layers.append(nn.Linear(dim, out_dim, bias=cfg.bias))
     if cfg.out_norm:
         layers.append(nn.LayerNorm(out_dim))
     return Projector(*layers)

@@ -34,8 +34,8 @@ logs each step does), ``--compile none`` (torch.compile), ``model.grad_checkpoin
 (activation checkpointing: memory for time). ``scripts/bench_masking.py`` times masking on the
 device against host-drawn masks and per-image loops.
 
-Reference comparison (METHOD.md, "Reference throughput": one H100, fp16 autocast, synthetic
-images on the GPU). The presets already are those configurations; mimkit trains in bf16
+Reference comparison (the authors' implementations, timed on one H100 with fp16 autocast and
+synthetic images on the GPU; figures below). The presets already are those configurations; mimkit trains in bf16
 (``--precision fp16`` gives the reference's precision):
 
     python scripts/bench.py --preset latent_mim --batch 128,256,512 --compile model   # ref 1230 / 1838 / 2160 img/s, 66.7 GFLOP/img

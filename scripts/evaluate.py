@@ -1,7 +1,7 @@
 """Evaluate a frozen encoder with the Latent MIM paper's protocols and write the numbers as JSON.
 
     python scripts/evaluate.py --checkpoint outputs/run                  # data from its config.yaml
-    python scripts/evaluate.py --checkpoint hf-hub:timm/vit_base_patch16_224.mae --data ../shared/data/imagenette
+    python scripts/evaluate.py --checkpoint hf-hub:timm/vit_base_patch16_224.mae --data path/to/imagenette
     accelerate launch scripts/evaluate.py --checkpoint outputs/run --out outputs/run/metrics.json
     python scripts/evaluate.py --checkpoint outputs/run --baseline init     # that run's encoder before training
     python scripts/evaluate.py --checkpoint outputs/run --baseline pixels   # raw pixels, same images and protocols

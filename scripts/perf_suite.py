@@ -33,14 +33,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 GROUPS = ("table", "ablation", "masking", "data")
 
-# METHOD.md, "Reference throughput": one H100, fp16 autocast, synthetic images on the GPU.
+# The authors' implementations, timed on one H100: fp16 autocast, AdamW, synthetic images on the GPU.
 REFERENCE: dict[str, dict[int, float]] = {
     "latent_mim": {128: 1230, 256: 1838, 512: 2160},
     "pilamim": {128: 1258, 256: 1707},
     "mae": {256: 2767},
 }
 REFERENCE_GFLOP = {"latent_mim": 66.7, "pilamim": 89.9, "mae": 58.8}
-MATMUL_PEAK_TFLOPS = 800.0  # METHOD.md: a bf16 8192^3 matmul on the H100
+MATMUL_PEAK_TFLOPS = 800.0  # a bf16 8192^3 matmul on the same H100
 BEST = ["--compile", "model"]  # with bench.py's defaults: bf16, fused attention, fused AdamW, no per-step sync
 
 
@@ -256,8 +256,8 @@ def render(results: dict[str, dict[str, Any]], plan: Plan) -> str:
     lines += [
         "Throughput counts optimizer steps on synthetic images already on the GPU (as the reference did). TFLOP/s is "
         "the forward + backward FLOPs counted once by `FlopCounterMode`, divided by the step time. The reference figures "
-        "are METHOD.md's (one H100, fp16 autocast); its peak memory was not recorded. \"Of matmul peak\" divides TFLOP/s "
-        f"by {MATMUL_PEAK_TFLOPS:.0f}, the rate of a large bf16 matmul on that GPU (METHOD.md): the floor on a step's time.",
+        "are the authors' implementations timed on one H100 (fp16 autocast); their peak memory was not recorded. \"Of matmul peak\" divides TFLOP/s "
+        f"by {MATMUL_PEAK_TFLOPS:.0f}, the rate of a large bf16 matmul on that GPU: the floor on a step's time.",
         "",
         "## Preset x batch",
         "",

@@ -37,7 +37,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != SCRIPTS]
 import yaml  # noqa: E402
 
 from mimkit.checkpoint import step_dirs  # noqa: E402
-from mimkit.config import ConfigError, flatten, load_config  # noqa: E402
+from mimkit.config import ConfigError, RunConfig, flatten, load_config  # noqa: E402
 from mimkit.platform_info import cpu_model  # noqa: E402
 
 # --------------------------------------------------------------------------- the plan
@@ -192,7 +192,8 @@ def progression(gap: int) -> tuple[Step, ...]:
         Step("abl4_patch_disc", "loss: patch discrimination", ("objectives.latent.loss=patch_disc",)),
         Step("abl5_mask90", "mask ratio 0.9", ("masking.ratio=0.9",)),
         Step("abl6_gap", f"gap {gap}", (f"masking.gap={gap}",)),
-        Step("abl7_cross_attn", "decoder: cross-attention", ("objectives.latent.decoder.kind=cross_attn",)),
+        Step("abl7_cross_attn", "decoder: cross-attention (with its CLS query)",
+             ("objectives.latent.decoder.kind=cross_attn", "objectives.latent.decoder.cls_query=true")),
         Step("abl8_visual_cues", "decoder: cross-attention + visual cues", ("objectives.latent.decoder.visual_cues=true",)),
         Step("abl9_projector", "projector: MLP", ("objectives.latent.projector.kind=mlp",)),
         Step("latent_mim", "similarity constraint 0.1 (= latent_mim)", ("objectives.latent.similarity.coef=0.1",)),
@@ -389,10 +390,13 @@ OPERATIONAL_KEYS = frozenset({
 })
 
 
-def config_diff(saved: Mapping[str, Any], planned: Mapping[str, Any]) -> list[str]:
-    """Dotted keys whose values differ, operational keys aside."""
-    a, b = flatten(saved), flatten(planned)
-    return sorted(k for k in a.keys() | b.keys() if k not in OPERATIONAL_KEYS and a.get(k) != b.get(k))
+def config_diff(saved: Mapping[str, Any], planned: Mapping[str, Any], ignore: Sequence[str] = ()) -> list[str]:
+    """Dotted keys whose values differ, operational keys and ``ignore`` aside. A key the saved
+    config lacks (written before the key existed) counts at its schema default."""
+    a = {**flatten(RunConfig().to_dict()), **flatten(saved)}
+    b = flatten(planned)
+    skip = OPERATIONAL_KEYS | set(ignore)
+    return sorted(k for k in a.keys() | b.keys() if k not in skip and a.get(k) != b.get(k))
 
 
 @dataclass(frozen=True)
@@ -409,11 +413,11 @@ class RunState:
         return finished and not self.stale
 
 
-def inspect_run(run_dir: Path, planned: Mapping[str, Any] | None = None, kind: str = "train") -> RunState:
+def inspect_run(run_dir: Path, planned: Mapping[str, Any] | None = None, kind: str = "train", ignore: Sequence[str] = ()) -> RunState:
     stale: tuple[str, ...] = ()
     saved = run_dir / "config.yaml"
     if planned is not None and saved.is_file():
-        stale = tuple(config_diff(yaml.safe_load(saved.read_text()) or {}, planned))
+        stale = tuple(config_diff(yaml.safe_load(saved.read_text()) or {}, planned, ignore))
     return RunState(
         trained=(run_dir / "summary.json").is_file(),
         evaluated=(run_dir / "metrics.json").is_file(),
@@ -764,12 +768,15 @@ def collect(plan: Plan, s: Settings) -> dict[str, RunRecord]:
     records = {}
     for run in plan.runs:
         d = s.run_dir(run)
+        planned, ignore = None, ()
         try:
             planned = planned_config(run, s)
-        except (ConfigError, SweepPending):
-            planned = None
+        except SweepPending:  # the lr is not known yet: every other key must still match
+            planned, ignore = planned_config(replace(run, lr_from=None), s), ("train.base_lr",)
+        except ConfigError:
+            pass
         records[run.key] = RunRecord(
-            state=inspect_run(d, planned, run.kind),
+            state=inspect_run(d, planned, run.kind, ignore),
             metrics=read_json(d / "metrics.json"),
             summary=read_json(d / "summary.json"),
             timing=load_timing(d),
@@ -998,7 +1005,9 @@ def render_results(plan: Plan, records: Mapping[str, RunRecord], s: Settings, in
         + (f", raw pixels `{' '.join(PIXELS_EVAL)}`" if s.scale.baselines else "")
         + (f", then `{shlex.join(s.eval_args)}`" if s.eval_args else "")
         + "; NN is leave-one-out 1-NN on the test split (mean patch token before the final norm), "
-        "k-NN and linear are fitted on the train split, Sim is the mean pairwise cosine of pooled test features",
+        "k-NN and linear are fitted on the train split, Sim is the mean pairwise cosine of pooled test features; "
+        "images are resized to side / `data.eval_crop` of each run (1.0 unless set) and centre-cropped to the "
+        "encoder's native side",
     ]
     if s.scale.baselines:
         lines.append("- Baselines: the shared encoder at initialisation (same config and seed as every run, no step "

@@ -3,7 +3,7 @@ clustered bottom-up (agglomerative: Ward on L2-normalised tokens, or average lin
 cosine distance) and the clusters painted back onto the image.
 
     python scripts/segment.py --checkpoint outputs/run --num-images 8 --clusters 5 --out seg.png
-    python scripts/segment.py --checkpoint hf-hub:timm/vit_base_patch16_224.mae --data ../shared/data/imagenette --out seg.png
+    python scripts/segment.py --checkpoint hf-hub:timm/vit_base_patch16_224.mae --data path/to/imagenette --out seg.png
 
 Writes one PNG: a row per image, columns original | segmentation (| cluster map with --map).
 Images are resized and centre-cropped to the encoder's native size and normalised with the

@@ -468,8 +468,9 @@ def test_sincos_positions_replace_loaded_ones_with_a_warning(tmp_path: Path, cap
     with caplog.at_level("WARNING", logger="mimkit.model"):
         model = mimkit.build_model(mimkit.load_config("latent_mim+tiny", [f"init.encoder={ctx_dir}", f"init.target={tgt_dir}"]))
     assert "model.pos_embed=sincos replaces the position table loaded from init.encoder" in caplog.text
-    fix_sincos_positions(ctx, grid=8)
-    fix_sincos_positions(tgt, grid=8)
+    coords = model.cfg.model.sincos_coords  # the preset's cell coordinates
+    fix_sincos_positions(ctx, grid=8, coords=coords)
+    fix_sincos_positions(tgt, grid=8, coords=coords)
     assert_state_equal(model.encoder.vit, ctx.state_dict())  # everything else loaded as it was
     assert_state_equal(model.target.own.vit, tgt.state_dict())
     caplog.clear()

@@ -20,6 +20,21 @@ def test_auto_on_a_gpu_follows_its_bf16_capability(monkeypatch, native, expected
     assert precision.resolve_precision("auto", "cuda") == expected
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_explicit_bf16_on_a_cpu_without_it_warns(monkeypatch, caplog, native):
+    from mimkit.trainer import make_accelerator
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
+    assert precision.bf16_is_emulated("bf16", "cpu") is (not native)
+    assert not precision.bf16_is_emulated("no", "cpu") and not precision.bf16_is_emulated("bf16", "cuda")
+    if torch.cuda.is_available():
+        return
+    cfg = load_config("mae+tiny", ["train.mixed_precision=bf16", "train.trackers=[none]"])
+    with caplog.at_level("WARNING", logger="mimkit"):
+        make_accelerator(cfg, "unused")
+    assert ("bf16 is emulated" in caplog.text) is (not native)
+
+
 def test_explicit_choices_are_kept_and_fp16_needs_cuda():
     assert precision.resolve_precision("bf16", "cpu") == "bf16"
     assert precision.resolve_precision("no", "cuda") == "no"

@@ -57,6 +57,10 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--label-column", help="label column (default: detected)")
     g.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation mean (default: config.yaml, else config.json, else ImageNet)")
     g.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation std (with --mean)")
+    g.add_argument(
+        "--eval-crop", type=float, default=None,
+        help="resize to side / EVAL_CROP, then centre-crop the side (default: the run's data.eval_crop, 1.0: no margin; 0.875 as Latent MIM's code)",
+    )
     g.add_argument("--seed", type=int, default=0, help="seed of the --max-* subsets and of the probes (default 0)")
     g.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
     g.add_argument("--num-workers", type=int, default=None, help="data loader workers (default: the config's data.num_workers, else 4)")
@@ -183,7 +187,9 @@ def evaluate_checkpoint(
     """Load ``checkpoint`` (or ``args.model``), its data, and run the suite the arguments describe."""
     baseline = getattr(args, "baseline", None)
     run = load_baseline(checkpoint, baseline) if baseline else load_run(checkpoint, args.model)
-    dcfg = data_config(run, args.data, args.train_split, args.eval_split, args.image_column, args.label_column, args.mean, args.std)
+    if args.eval_crop is not None and not 0 < args.eval_crop <= 1:
+        raise ConfigError(f"--eval-crop: {args.eval_crop} must be in (0, 1]")
+    dcfg = data_config(run, args.data, args.train_split, args.eval_split, args.image_column, args.label_column, args.mean, args.std, args.eval_crop)
     mean, std, norm_from = normalization(run, args.mean, args.std)
     workers = args.num_workers if args.num_workers is not None else dcfg.num_workers
     cfg = suite_config(args, workers)
@@ -212,6 +218,7 @@ def evaluate_checkpoint(
             "max_train": args.max_train,
             "max_eval": args.max_eval,
             "seed": args.seed,
+            "eval_crop": dcfg.eval_crop,
         },
         normalization={"mean": mean, "std": std, "from": norm_from},
         versions={"torch": torch.__version__, "timm": timm.__version__, "mimkit": _mimkit_version()},

@@ -182,6 +182,7 @@ def data_config(
     label_column: str | None = None,
     mean: list[float] | None = None,
     std: list[float] | None = None,
+    eval_crop: float | None = None,
 ) -> DataConfig:
     """The run's data config with the given fields replaced; for another dataset than the run's,
     the defaults (splits and columns detected) with the given fields."""
@@ -192,7 +193,7 @@ def data_config(
     same_data = run.config is not None and source == run.config.data.source
     base = run.config.data if same_data else DataConfig()
     m, s, _ = normalization(run, mean, std)
-    given = dict(train_split=train_split, eval_split=eval_split, image_column=image_column, label_column=label_column)
+    given = dict(train_split=train_split, eval_split=eval_split, image_column=image_column, label_column=label_column, eval_crop=eval_crop)
     return dataclasses.replace(base, source=source, mean=m, std=s, **{k: v for k, v in given.items() if v is not None})
 
 
