@@ -254,8 +254,13 @@ def preset_dir() -> Path:
     return Path(str(resources.files("mimkit.configs")))
 
 
+# Shipped YAML files that are not methods: the shared base and the scale overlays (stacked with `+`).
+OVERLAYS = ("base", "micro", "micro64", "tiny")
+
+
 def available_presets() -> list[str]:
-    return sorted(p.stem for p in preset_dir().glob("*.yaml"))
+    """The runnable presets (methods and `default`); the overlays in ``OVERLAYS`` are left out."""
+    return sorted(p.stem for p in preset_dir().glob("*.yaml") if p.stem not in OVERLAYS)
 
 
 def _resolve_preset(name: str, relative_to: Path | None = None) -> Path:
@@ -267,11 +272,11 @@ def _resolve_preset(name: str, relative_to: Path | None = None) -> Path:
     for c in candidates:
         if c.is_file():
             return c
-    hint = difflib.get_close_matches(name, available_presets(), n=1)
+    hint = difflib.get_close_matches(name, available_presets() + list(OVERLAYS), n=1)
     raise ConfigError(
         f"preset or config file {name!r} not found"
         + (f" (did you mean {hint[0]!r}?)" if hint else "")
-        + f"; shipped presets: {', '.join(available_presets())}"
+        + f"; shipped presets: {', '.join(available_presets())}; scale overlays to stack with +: micro, micro64, tiny"
     )
 
 

@@ -9,9 +9,9 @@ from torch import Tensor, nn
 
 from timm.models.vision_transformer import Block
 
-from objectives import OBJECTIVES, Context
-from objectives.decoders import CrossBlock
-from objectives.projector import Projector
+from .objectives import OBJECTIVES, Context
+from .objectives.decoders import CrossBlock
+from .objectives.projector import Projector
 
 from .config import ConfigError, RunConfig
 from .encoder import ContextEncoder, Geometry, build_vit, fix_sincos_positions, resolve_geometry

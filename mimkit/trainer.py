@@ -93,7 +93,8 @@ def make_plan(cfg: RunConfig, num_processes: int, dataset_len: int) -> Plan:
     if batches < tr.grad_accum:
         raise ConfigError(
             f"train.batch_size: {tr.batch_size} is larger than the training split ({dataset_len} images); "
-            "lower train.batch_size or use more data"
+            "lower train.batch_size, use more data, or stack a CPU-sized scale on the preset: +micro (32-px data) or "
+            "+micro64 (64-px data) for real studies, +tiny for smoke tests"
         )
     steps_per_epoch = math.ceil(batches / tr.grad_accum)
     total = tr.epochs * steps_per_epoch

@@ -5,7 +5,7 @@ from torch import nn
 
 from mimkit.config import DecoderConfig
 from mimkit.encoder import sincos_positions
-from objectives.decoders import CrossAttention, CrossAttnDecoder, SelfAttnDecoder
+from mimkit.objectives.decoders import CrossAttention, CrossAttnDecoder, SelfAttnDecoder
 
 GRID = 4  # 16 cells
 

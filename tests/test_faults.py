@@ -106,7 +106,7 @@ def test_resume_from_a_missing_path_is_a_clear_error(tmp_path, capsys):
 
 @pytest.fixture
 def nan_at_step_3(monkeypatch):
-    from objectives.latent import LatentObjective
+    from mimkit.objectives.latent import LatentObjective
 
     original = LatentObjective.forward
     calls = {"n": 0}
@@ -218,7 +218,9 @@ def test_bad_images_are_converted_or_skipped_and_counted(tmp_path):
         ("empty", ["data.train_split=train"], "corresponds to no data"),
         ("no_split", ["data.train_split=training"], "data.train_split: 'training' not in the splits"),
         ("no_column", ["data.image_column=picture"], "data.image_column: 'picture' not among the columns"),
-        ("too_small", ["train.batch_size=64"], "train.batch_size: 64 is larger than the training split"),
+        ("too_small", ["train.batch_size=64"],
+         "train.batch_size: 64 is larger than the training split (8 images); lower train.batch_size, use more data, "
+         "or stack a CPU-sized scale on the preset: +micro"),
     ],
 )
 def test_data_problems_are_clear_errors_before_training(tmp_path, capsys, problem, args, message):

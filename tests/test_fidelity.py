@@ -14,8 +14,8 @@ from mimkit.encoder import sincos_positions
 from mimkit.masking import draw_masks, max_offset
 from mimkit.schedules import learning_rate
 from mimkit.trainer import Plan, decays, lr_at, param_groups
-from objectives.decoders import build_decoder
-from objectives.losses import batch_mean_cosine, similarity_regularizer
+from mimkit.objectives.decoders import build_decoder
+from mimkit.objectives.losses import batch_mean_cosine, similarity_regularizer
 
 
 # ----------------------------------------------------------------------------- schedule

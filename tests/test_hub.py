@@ -491,3 +491,13 @@ def test_train_py_starts_from_a_hub_id_in_an_offline_cache(tmp_path: Path, offli
     hub, local, scratch = (losses(tmp_path / n) for n in ("hub", "dir", "scratch"))
     assert hub == local  # the Hub id resolved through the cache to the same weights
     assert hub != scratch
+
+
+def test_the_public_api_is_importable_from_mimkit() -> None:
+    import mimkit
+    from mimkit import hub
+
+    assert {"load_encoder", "save_pretrained", "push_to_hub"} <= set(mimkit.__all__)
+    assert (mimkit.load_encoder, mimkit.save_pretrained, mimkit.push_to_hub) == (hub.load_encoder, hub.save_pretrained, hub.push_to_hub)
+    for name in mimkit.__all__:
+        assert getattr(mimkit, name) is not None, name

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from objectives.losses import (
+from mimkit.objectives.losses import (
     huber,
     l1,
     mean_pairwise_cosine,
@@ -14,7 +14,7 @@ from objectives.losses import (
     similarity_regularizer,
     standardize_patches,
 )
-from objectives.pixel import normalize_patches
+from mimkit.objectives.pixel import normalize_patches
 
 PRED = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])  # (1, 2, 2)
 ZERO = torch.zeros(1, 2, 2)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from objectives.losses import mean_pairwise_cosine
+from ..objectives.losses import mean_pairwise_cosine
 
 
 def pairwise_similarity(features: Tensor) -> float:

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..data import collate
 from ..encoder import ContextEncoder
 from ..precision import resolve_precision
-from objectives.losses import mean_pairwise_cosine
+from ..objectives.losses import mean_pairwise_cosine
 
 PoolKind = Literal["cls", "mean", "topk_mean"]
 POOL_KINDS: tuple[str, ...] = ("cls", "mean", "topk_mean")

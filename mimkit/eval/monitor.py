@@ -32,13 +32,13 @@ class EncoderMonitor:
         return 100.0 / self.num_classes
 
     def score(self, vit: VisionTransformer, accelerator: Accelerator | None = None, knn: bool = True) -> dict[str, float]:
-        """{"nn": top-1 %, "knn": top-1 % (when asked and a bank exists)}; same on every process."""
+        """{"nn": top-1 %, "knn": top-1 % (when asked and a bank exists)}, rounded to 0.01; same on every process."""
         feats = extract_features(vit, self.eval_set, NN_POOLING, batch_size=self.batch_size, accelerator=accelerator)
         out = {"nn": nn_loo_accuracy(feats[NN_POOLING], feats.labels)}
         if knn and self.knn_bank is not None:
             bank = extract_features(vit, self.knn_bank, NN_POOLING, batch_size=self.batch_size, accelerator=accelerator)
             out["knn"] = knn_accuracy(bank[NN_POOLING], bank.labels, feats[NN_POOLING], feats.labels)
-        return out
+        return {k: round(v, 2) for k, v in out.items()}
 
 
 def _num_classes(hf: datasets.Dataset, label_column: str) -> int:
