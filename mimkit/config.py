@@ -216,7 +216,8 @@ class TrainConfig:
     # scores the encoder at initialisation, on the same images, before the first step.
     eval_knn_train: int = 10000
     eval_baseline: bool = True
-    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    # "auto": tensorboard when installed, silently; a named tracker that is missing gets a warning
+    trackers: list[str] = field(default_factory=lambda: ["auto"])
     output_dir: str = "outputs/run"
     # A non-finite loss: "error" stops (checked at each log, no per-step sync) after saving a
     # diagnostic state; "skip" drops that optimizer step and counts it (one host sync per step).
@@ -567,5 +568,5 @@ def validate(cfg: RunConfig) -> None:
         f"train.eval_every_epochs: {tr.eval_every_epochs} must be >= 1 or null",
     )
     _require(tr.eval_knn_train >= 0, f"train.eval_knn_train: {tr.eval_knn_train} must be >= 0")
-    unknown = [x for x in tr.trackers if x not in ("tensorboard", "wandb", "none")]
-    _require(not unknown, f"train.trackers: {unknown} not supported; use tensorboard, wandb or none")
+    unknown = [x for x in tr.trackers if x not in ("auto", "tensorboard", "wandb", "none")]
+    _require(not unknown, f"train.trackers: {unknown} not supported; use auto, tensorboard, wandb or none")

@@ -37,8 +37,9 @@ _TOKEN_NAMES = ("pos_embed", "pos", "cls_token", "reg_token", "mask_token", "cls
 
 
 def make_accelerator(cfg: RunConfig, output_dir: str | Path) -> Accelerator:
-    """An Accelerator for ``cfg.train``; trackers that are not installed are left out with a warning."""
-    trackers = [t for t in cfg.train.trackers if t != "none" and _tracker_available(t)]
+    """An Accelerator for ``cfg.train``: ``auto`` takes tensorboard when it is installed; a named
+    tracker that is not installed is left out with a warning."""
+    trackers = resolve_trackers(cfg.train.trackers)
     requested, device_type = cfg.train.mixed_precision, default_device_type()
     mixed = resolve_precision(requested, device_type)
     if requested == "fp16" and mixed != "fp16":
@@ -59,13 +60,26 @@ def make_accelerator(cfg: RunConfig, output_dir: str | Path) -> Accelerator:
     )
 
 
-def _tracker_available(name: str) -> bool:
-    module = {"tensorboard": "torch.utils.tensorboard", "wandb": "wandb"}[name]
+def resolve_trackers(requested: list[str]) -> list[str]:
+    """``train.trackers`` -> the installed trackers to log to; warns only for a named one that is missing."""
+    out: list[str] = []
+    for name in requested:
+        if name == "auto":
+            out += [t for t in ("tensorboard",) if _installed(t) and t not in out]
+        elif name != "none" and name not in out:
+            if _installed(name):
+                out.append(name)
+            else:
+                log.warning("train.trackers: %s is not installed (pip install mimkit[%s]); logging to log.jsonl only", name, name)
+    return out
+
+
+def _installed(tracker: str) -> bool:
+    module = {"tensorboard": "torch.utils.tensorboard", "wandb": "wandb"}[tracker]
     try:
         __import__(module)
         return True
     except ImportError:
-        log.warning("train.trackers: %s is not installed (pip install mimkit[%s]); logging to log.jsonl only", name, name)
         return False
 
 
@@ -151,6 +165,26 @@ def make_optimizer(model: torch.nn.Module, cfg: RunConfig, lr: float, impl: str 
     return torch.optim.AdamW(param_groups(model, tr.weight_decay, tr.no_decay), lr=lr, betas=tuple(tr.betas), **ADAMW_IMPLS[impl])
 
 
+def start_banner(
+    cfg: RunConfig, model: MIMModel, plan: Plan, train_images: int, eval_split: str | None, eval_images: int,
+    accelerator: Accelerator, output_dir: Path,
+) -> str:
+    """What a run is about to do, in a few lines: preset, data, schedule, model, device, output."""
+    m, g, tr = cfg.model, model.geometry, cfg.train
+    precision = "fp32" if accelerator.mixed_precision == "no" else f"{accelerator.mixed_precision} autocast"
+    evaluation = f"{eval_images:,} {eval_split} images for NN / k-NN" if eval_split else "no evaluation split"
+    return "\n".join([
+        f"preset {cfg.preset or '(config file)'}; heads {', '.join(model.heads)}",
+        f"  data    {cfg.data.source}: {train_images:,} train images; {evaluation}",
+        f"  steps   {plan.total_steps:,} = {plan.total_steps / plan.steps_per_epoch:g} epochs x {plan.steps_per_epoch:,}, "
+        f"batch {tr.batch_size:,}, peak lr {plan.peak_lr:.3g}",
+        f"  model   {m.name}, {model.encoder.dim} wide, {model.encoder.depth} deep; {g.grid}x{g.grid} grid of {g.patch}-px "
+        f"patches, {g.input_size}-px crops; {model.num_visible} of {g.num_cells} cells visible",
+        f"  device  {accelerator.device.type} x {accelerator.num_processes}, {precision}",
+        f"  output  {output_dir}",
+    ])
+
+
 class StatAccumulator:
     """Sums detached step statistics on the device; read (one host sync) every log interval."""
 
@@ -228,6 +262,8 @@ class Trainer:
             log.info("train.compile=%s: %d compiled units", tr.compile, model.compile_step(tr.compile))
         self.train_set = splits.dataset(splits.train, train_transform(model.input_size, cfg.data), seed=tr.seed, on_error="substitute")
         self.plan = make_plan(cfg, accelerator.num_processes, len(self.train_set))
+        eval_images = len(splits.data[splits.eval]) if splits.eval is not None else 0
+        self.banner = start_banner(cfg, model, self.plan, len(self.train_set), splits.eval, eval_images, accelerator, self.out)
         self.monitor = build_monitor(splits, cfg.data, model.geometry.native_size, tr.eval_knn_train, self.plan.micro_batch)
         loader = DataLoader(
             self.train_set,
@@ -324,6 +360,8 @@ class Trainer:
     def fit(self, resume: str | bool | None = None) -> dict[str, Any]:
         self.resume(resume)
         acc, tr, plan, state = self.accelerator, self.cfg.train, self.plan, self.state
+        if self.main:
+            log.info("%s%s", self.banner, f"\n  resuming at step {state.step:,}" if state.step else "")
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(self.cfg.to_yaml())

@@ -66,3 +66,34 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     # same images, same crops, same masks per sample: equal up to float reduction order
     for step in a:
         assert b[step] == pytest.approx(a[step], rel=1e-4), (step, a, b)
+
+
+def test_trackers_auto_is_silent_and_a_named_missing_tracker_warns(monkeypatch, caplog):
+    from mimkit import trainer
+
+    monkeypatch.setattr(trainer, "_installed", lambda name: name == "tensorboard")
+    with caplog.at_level("WARNING", logger="mimkit"):
+        assert trainer.resolve_trackers(["auto"]) == ["tensorboard"]
+        assert trainer.resolve_trackers(["none"]) == []
+    assert caplog.text == ""
+    monkeypatch.setattr(trainer, "_installed", lambda name: False)
+    with caplog.at_level("WARNING", logger="mimkit"):
+        assert trainer.resolve_trackers(["auto"]) == []
+        assert caplog.text == ""
+        assert trainer.resolve_trackers(["wandb"]) == []
+    assert "train.trackers: wandb is not installed" in caplog.text
+
+
+def test_start_banner_says_what_the_run_will_do(tmp_path):
+    from accelerate import Accelerator
+
+    import mimkit
+    from mimkit.trainer import Plan, start_banner
+
+    cfg = mimkit.load_config("latent_mim+tiny")
+    model = mimkit.build_model(cfg)
+    plan = Plan(micro_batch=16, steps_per_epoch=625, total_steps=1250, warmup_steps=0, peak_lr=1e-3)
+    text = start_banner(cfg, model, plan, 10000, "test", 1000, Accelerator(cpu=True), tmp_path)
+    for expected in ("preset latent_mim+tiny; heads latent", "embedded: 10,000 train images; 1,000 test images",
+                     "1,250 = 2 epochs x 625, batch 16", "6 of 64 cells visible", "cpu x 1, fp32", f"output  {tmp_path}"):
+        assert expected in text, expected
