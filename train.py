@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     from mimkit.checkpoint import CheckpointError
     from mimkit.config import ConfigError, load_config
+    from mimkit.data import DataError
     from mimkit.summary import end_message
     from mimkit.trainer import CollapseError, fit, make_accelerator
 
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         summary = fit(cfg, accelerator, cfg.train.output_dir, resume=args.resume)
     except (ConfigError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except DataError as e:  # raised in a loader worker: the last line is ours, the rest its traceback
+        print(f"error: {str(e).strip().splitlines()[-1].removeprefix('mimkit.data.DataError: ')}", file=sys.stderr)
         return 2
     except (FloatingPointError, CollapseError) as e:
         print(f"error: {e}", file=sys.stderr)

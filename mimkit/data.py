@@ -191,7 +191,10 @@ class ImageDataset(Dataset):
             loaded = self._load((i + passed_over) % len(self))
         if loaded is None:
             if self.on_error == "substitute":
-                raise RuntimeError(f"data: {passed_over + 1} consecutive undecodable images from index {i}; is the image column right?")
+                raise DataError(
+                    f"data: {passed_over + 1} consecutive undecodable images from index {i} (are the files images? "
+                    "for a table, is data.image_column right?)"
+                )
             log.debug("data: undecodable image at index %d skipped", i)
             return None
         img, label = loaded
@@ -247,7 +250,25 @@ def load_splits(cfg: DataConfig) -> Splits:
     else:
         eval_split = pick_eval_split(ds, cfg.eval_split)
     image_column, label_column = detect_columns(ds[cfg.train_split].features, cfg.image_column, cfg.label_column)
+    check_decodable(ds[cfg.train_split], image_column, cfg)
     return Splits(ds, cfg.train_split, eval_split, image_column, label_column)
+
+
+class DataError(RuntimeError):
+    """Images that cannot be decoded, found while iterating (the message is one line)."""
+
+
+def check_decodable(hf: datasets.Dataset, image_column: str, cfg: DataConfig, samples: int = 16) -> None:
+    """Decode up to ``samples`` evenly spread rows; none decoding is a ConfigError that names the
+    likely cause, raised before anything is written or trained."""
+    n = min(samples, len(hf))
+    rows = hf.select(sorted({i * len(hf) // n for i in range(n)})).cast_column(image_column, datasets.Image(decode=False))
+    if any(decode_rgb(v) is not None for v in rows[image_column]):
+        return
+    local = Path(cfg.source).expanduser()
+    folder = cfg.source != EMBEDDED and local.is_dir() and not any(local.rglob("*.parquet"))
+    hint = "are the files in the folder images?" if folder else f"is data.image_column ({image_column!r}) the column of images?"
+    raise ConfigError(f"data.source: none of {len(rows)} sampled images of {cfg.source!r} can be decoded; {hint}")
 
 
 HOLDOUT_SPLIT = "holdout"

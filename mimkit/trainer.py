@@ -165,6 +165,15 @@ def make_optimizer(model: torch.nn.Module, cfg: RunConfig, lr: float, impl: str 
     return torch.optim.AdamW(param_groups(model, tr.weight_decay, tr.no_decay), lr=lr, betas=tuple(tr.betas), **ADAMW_IMPLS[impl])
 
 
+def check_output_dir(path: Path) -> None:
+    """Fail early, naming the key, when the output directory (or a folder above it) is a file."""
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise ConfigError(f"train.output_dir: {p} is a file, not a directory; choose another --output")
+            return
+
+
 def start_banner(
     cfg: RunConfig, model: MIMModel, plan: Plan, train_images: int, eval_split: str | None, eval_images: int,
     accelerator: Accelerator, output_dir: Path,
@@ -253,6 +262,7 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, accelerator: Accelerator, output_dir: str | Path) -> None:
         self.cfg, self.accelerator, self.out = cfg, accelerator, Path(output_dir)
+        check_output_dir(self.out)
         self.main = accelerator.is_main_process
         tr = cfg.train
         set_seed(tr.seed)
@@ -359,7 +369,7 @@ class Trainer:
 
     def fit(self, resume: str | bool | None = None) -> dict[str, Any]:
         self.resume(resume)
-        acc, tr, plan, state = self.accelerator, self.cfg.train, self.plan, self.state
+        acc, plan, state = self.accelerator, self.plan, self.state
         if self.main:
             log.info("%s%s", self.banner, f"\n  resuming at step {state.step:,}" if state.step else "")
         if self.main:
@@ -370,7 +380,13 @@ class Trainer:
         self.jsonl.write({"step": state.step, "epoch": state.epoch, "event": "start", "device": acc.device.type,
                           "mixed_precision": acc.mixed_precision, "processes": acc.num_processes})
         baseline = self._baseline()
-        bar = _progress(plan.total_steps, state.step, self.main)
+        with _progress(plan.total_steps, state.step, self.main) as bar:  # closed (a newline) on errors too
+            self._run_steps(bar)
+        return self._finish(baseline)
+
+    def _run_steps(self, bar: Any) -> None:
+        """Optimizer steps to the end of the schedule, with logging, checkpoints and evaluations."""
+        acc, tr, plan, state = self.accelerator, self.cfg.train, self.plan, self.state
         self._clock = (time.perf_counter(), 0)
         self.model.train()
         while state.step < plan.total_steps:
@@ -395,8 +411,6 @@ class Trainer:
                 state.batch_in_epoch = 0
                 if tr.eval_every_epochs and state.epoch % tr.eval_every_epochs == 0:
                     self._eval_during_training()
-        bar.close()
-        return self._finish(baseline)
 
     def _micro_step(self, batch: dict[str, torch.Tensor]) -> bool:
         """Forward/backward one micro-batch; True when an optimizer step completed."""

@@ -238,6 +238,40 @@ def test_missing_data_source_is_a_clear_error(tmp_path, capsys):
     assert "data.source" in capsys.readouterr().err
 
 
+def _image_folder(root: Path, good: int, bad: int) -> Path:
+    (root / "a").mkdir(parents=True)
+    for i in range(good + bad):
+        (root / "a" / f"{i:03d}.jpg").write_bytes(_jpeg(size=(40, 40)) if i < good else b"not a jpeg")
+    return root
+
+
+def test_a_folder_of_undecodable_images_is_one_clear_line_before_anything_is_written(tmp_path, capsys):
+    data = _image_folder(tmp_path / "data", good=0, bad=40)
+    assert run_train(*TINY, "--data", str(data), "--output", str(tmp_path / "run")) == 2
+    err = capsys.readouterr().err
+    assert "data.source: none of 16 sampled images" in err and "are the files in the folder images?" in err
+    assert "Traceback" not in err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_long_run_of_undecodable_images_while_training_is_one_clear_line(tmp_path, capsys, workers):
+    data = _image_folder(tmp_path / "data", good=16, bad=100)  # the sample check passes; a batch then meets 65 bad ones
+    base = [a for a in TINY if not a.startswith(("train.batch_size", "data.num_workers"))]
+    code = run_train(*base, "train.batch_size=8", f"data.num_workers={workers}", "data.hflip=false", "train.max_steps=20",
+                     "--data", str(data), "--output", str(tmp_path / "run"))
+    err = capsys.readouterr().err
+    assert code == 2 and "consecutive undecodable images" in err.splitlines()[-1], err[-2000:]
+    assert err.splitlines()[-1].startswith("error: data: ") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("where", ["run", "run/sub"])
+def test_output_that_is_a_file_is_a_clear_error(tmp_path, capsys, where):
+    (tmp_path / "run").write_text("not a folder")
+    assert run_train(*TINY, "--output", str(tmp_path / where)) == 2
+    assert f"train.output_dir: {tmp_path / 'run'} is a file, not a directory" in capsys.readouterr().err
+    assert (tmp_path / "run").read_text() == "not a folder"
+
+
 # --------------------------------------------------------------------------- bad config, determinism
 
 
