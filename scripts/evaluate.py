@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate import Accelerator
 
     from mimkit.eval.cli import (
-        USER_ERRORS, check_model_arguments, evaluate_checkpoint, progress_printer, suite_config, to_jsonable, write_json,
+        USER_ERRORS, check_model_arguments, evaluate_checkpoint, progress_printer, short_table, suite_config, to_jsonable,
+        write_json,
     )
 
     check_model_arguments(args)
@@ -62,10 +63,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if main_process:
-        print(json.dumps(to_jsonable(result), indent=2))
-        if args.out:
+        if args.out:  # the file holds everything; the terminal gets the headline numbers
             write_json(result, args.out)
+            print(short_table(result))
             print(f"wrote {args.out}", file=sys.stderr)
+        else:
+            print(json.dumps(to_jsonable(result), indent=2))
     return 0
 
 

@@ -59,7 +59,26 @@ def test_evaluate_writes_every_metric(runs, tmp_path, capsys):
     assert meta["sizes"] == {"eval": 32, "train": 64}
     assert meta["run"]["variant"] == "pixel" and meta["run"]["objectives"] == ["pixel"]
     assert meta["normalization"]["from"] == "config.yaml"
+    shown = capsys.readouterr().out  # with --out: the headline numbers, one a line, not the JSON
+    assert f"NN top-1 %        {metrics['nn']:.1f}" in shown and "{" not in shown
+    assert len(shown.splitlines()) <= 9
+    assert load_script("evaluate").main(["--checkpoint", str(runs[0]), *FAST]) == 0  # without --out: the JSON
     assert json.loads(capsys.readouterr().out)["nn"] == metrics["nn"]
+
+
+def test_short_table_flags_a_linear_lr_at_the_edge_of_its_grid():
+    from mimkit.eval.cli import short_table
+
+    result = {"nn": 25.02, "fewshot": 30.0, "fewshot_std": 1.25, "sim": 0.78567,
+              "meta": {"linear": {"base_lrs": [0.1, 1.0, 10.0], "picked_base_lr": 10.0}}}
+    assert short_table(result).splitlines() == [
+        "  NN top-1 %        25.0",
+        "  few-shot top-1 %  30.0 ± 1.2",
+        "  Sim (images)      0.786",
+        "  note: the linear probe's lr was picked at the edge of its grid (base lr 10 of 0.1, 1, 10); --linear-lr can widen it",
+    ]
+    result["meta"]["linear"]["picked_base_lr"] = 1.0
+    assert "note" not in short_table(result)
 
 
 def test_evaluate_errors_name_the_argument(runs, tmp_path, capsys):

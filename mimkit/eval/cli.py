@@ -156,6 +156,28 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+_ROWS = (("nn", "NN top-1 %"), ("knn", "k-NN top-1 %"), ("linear", "linear top-1 %"), ("fewshot", "few-shot top-1 %"),
+         ("sim", "Sim (images)"), ("sim_patches", "Sim (patches)"), ("rank", "effective rank"))
+
+
+def short_table(result: dict) -> str:
+    """The headline numbers of an evaluation, one per line (what ``evaluate --out`` prints)."""
+    lines = []
+    for key, label in _ROWS:
+        v = result.get(key)
+        if not isinstance(v, (int, float)):
+            continue
+        std = result.get(f"{key}_std") if key == "fewshot" else None
+        text = f"{v:.3f}" if key.startswith("sim") else f"{v:.1f}"
+        lines.append(f"  {label:<18}{text}" + (f" ± {std:.1f}" if isinstance(std, (int, float)) else ""))
+    probe = result.get("meta", {}).get("linear") or {}
+    grid, picked = probe.get("base_lrs") or [], probe.get("picked_base_lr")
+    if len(grid) > 1 and picked in (min(grid), max(grid)):
+        lines.append(f"  note: the linear probe's lr was picked at the edge of its grid (base lr {picked:g} of "
+                     f"{', '.join(f'{g:g}' for g in grid)}); --linear-lr can widen it")
+    return "\n".join(lines)
+
+
 def write_json(data: dict, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
