@@ -515,6 +515,9 @@ class Trainer:
         ``eval/at`` = init | epoch | end; {} when the data has no labelled eval split."""
         if self.monitor is None:
             return {}
+        if self.main:
+            bank = f" and k-NN from {len(self.monitor.knn_bank):,} train images" if knn and self.monitor.knn_bank else ""
+            log.info("scoring the encoder (%s): NN on %s images%s", at, f"{len(self.monitor.eval_set):,}", bank)
         scores = self.monitor.score(self.core.encoder.vit, self.accelerator, knn=knn)
         record = {f"eval/{k}": v for k, v in scores.items()}
         self.jsonl.write({"step": self.state.step, "epoch": self.state.epoch, **record, "eval/at": at})
@@ -534,6 +537,8 @@ class Trainer:
         return self._evaluate("init", knn=True) if self.state.step == 0 else {}
 
     def _finish(self, baseline: dict[str, float]) -> dict[str, Any]:
+        if self.main:
+            log.info("saving the final checkpoint")
         final = self.save()
         scores = self._evaluate("end", knn=True)
         history = [{"step": r["step"], "epoch": r["epoch"], "nn": r["eval/nn"]} for r in self.jsonl.records() if "eval/nn" in r]
@@ -559,6 +564,7 @@ class Trainer:
         if self.main:
             from .hub import save_pretrained
 
+            log.info("exporting the encoder to %s", self.out / "encoder")
             save_pretrained(self.core.encoder.vit, self.out / "encoder", name=self.cfg.model.name)
             (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
         self.accelerator.wait_for_everyone()

@@ -97,3 +97,15 @@ def test_start_banner_says_what_the_run_will_do(tmp_path):
     for expected in ("preset latent_mim+tiny; heads latent", "embedded: 10,000 train images; 1,000 test images",
                      "1,250 = 2 epochs x 625, batch 16", "6 of 64 cells visible", "cpu x 1, fp32", f"output  {tmp_path}"):
         assert expected in text, expected
+
+
+def test_the_tail_after_the_last_step_says_what_it_does(tmp_path, caplog):
+    with caplog.at_level("INFO", logger="mimkit"):
+        assert run_train(*TINY, "train.max_steps=2", "train.eval_knn_train=64", "--output", str(tmp_path / "run")) == 0
+    said = [r.getMessage() for r in caplog.records if r.name == "mimkit"]
+    tail = said[[i for i, m in enumerate(said) if m.startswith("preset latent_mim+tiny")][0] + 1:]
+    assert tail == [
+        "saving the final checkpoint",
+        "scoring the encoder (end): NN on 1,000 images and k-NN from 64 train images",
+        f"exporting the encoder to {tmp_path / 'run' / 'encoder'}",
+    ]
