@@ -37,6 +37,11 @@ def embedded_dir() -> Path:
     return Path(str(resources.files("mimkit.assets"))) / "cifar10_small"
 
 
+def is_image_folder(path: Path) -> bool:
+    """A local directory read as an image folder: one holding no parquet files."""
+    return path.is_dir() and not any(path.rglob("*.parquet"))
+
+
 def load_source(source: str) -> datasets.DatasetDict:
     """``embedded`` | a local dir (parquet files or an image folder) | a Hub dataset id."""
     if source == EMBEDDED:
@@ -44,8 +49,7 @@ def load_source(source: str) -> datasets.DatasetDict:
     path = Path(source).expanduser()
     try:
         if path.is_dir():
-            has_parquet = any(path.rglob("*.parquet"))
-            ds = datasets.load_dataset(str(path)) if has_parquet else datasets.load_dataset("imagefolder", data_dir=str(path))
+            ds = datasets.load_dataset("imagefolder", data_dir=str(path)) if is_image_folder(path) else datasets.load_dataset(str(path))
         elif path.exists():
             raise ConfigError(f"data.source: {source} is a file; give a directory or a Hub dataset id")
         else:
@@ -265,8 +269,7 @@ def check_decodable(hf: datasets.Dataset, image_column: str, cfg: DataConfig, sa
     rows = hf.select(sorted({i * len(hf) // n for i in range(n)})).cast_column(image_column, datasets.Image(decode=False))
     if any(decode_rgb(v) is not None for v in rows[image_column]):
         return
-    local = Path(cfg.source).expanduser()
-    folder = cfg.source != EMBEDDED and local.is_dir() and not any(local.rglob("*.parquet"))
+    folder = cfg.source != EMBEDDED and is_image_folder(Path(cfg.source).expanduser())
     hint = "are the files in the folder images?" if folder else f"is data.image_column ({image_column!r}) the column of images?"
     raise ConfigError(f"data.source: none of {len(rows)} sampled images of {cfg.source!r} can be decoded; {hint}")
 

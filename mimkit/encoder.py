@@ -130,11 +130,11 @@ def sincos_positions(grid: int, dim: int, coords: SincosCoords = "index") -> Ten
     """
     if dim % 4:
         raise ValueError(f"a 2-D sin-cos embedding needs a width divisible by 4, got {dim}")
+    if coords not in ("index", "linspace"):
+        raise ValueError(f"model.sincos_coords: unknown value {coords!r}")
     c = torch.arange(grid, dtype=torch.float32)
     if coords == "linspace" and grid > 1:
         c = c * grid / (grid - 1)
-    elif coords not in ("index", "linspace"):
-        raise ValueError(f"model.sincos_coords: unknown value {coords!r}")
     yy, xx = torch.meshgrid(c, c, indexing="ij")
     angles = torch.stack([yy.flatten(), xx.flatten()], dim=1)[..., None] * freq_bands(dim // 4, step=1)  # (L, 2, dim/4)
     return torch.stack([angles.sin(), angles.cos()], dim=1).flatten(1)  # (L, dim)
