@@ -20,10 +20,14 @@ DEFAULT_PRESET = "default"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default=DEFAULT_PRESET, help="preset name, YAML path, or a+b stack (default: %(default)s)")
+    ap.add_argument("--preset", help=f"preset name, YAML path, or a+b stack (default: {DEFAULT_PRESET}; with --resume: "
+                    "the run's own config.yaml)")
     ap.add_argument("--data", help="dataset: 'embedded', a local directory (parquet / image folder) or a Hub id")
     ap.add_argument("--output", help="output directory (default: train.output_dir of the config)")
-    ap.add_argument("--resume", nargs="?", const="latest", help="resume from the latest checkpoint in --output, or from PATH")
+    ap.add_argument("--resume", nargs="?", const="latest", help="resume from the latest checkpoint in --output, or from PATH, "
+                    "with the run's saved config (overrides may change only operational keys)")
+    ap.add_argument("--extend", action="store_true", help="with --resume: allow train.epochs / train.max_steps to change "
+                    "(the lr schedule is recomputed over the new length)")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     return ap.parse_intermixed_args(argv)
 
@@ -35,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from mimkit.checkpoint import CheckpointError
     from mimkit.config import ConfigError, load_config
     from mimkit.data import DataError
+    from mimkit.resume import resumed_config, run_dir_of
     from mimkit.summary import end_message
     from mimkit.trainer import CollapseError, fit, make_accelerator
 
@@ -49,7 +54,13 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"train.output_dir={args.output}")
     start = time.perf_counter()
     try:
-        cfg = load_config(args.preset, overrides)
+        cfg = None
+        if args.resume:
+            run_dir = run_dir_of(args.resume, args.output) or Path(load_config(args.preset or DEFAULT_PRESET).train.output_dir)
+            cfg = resumed_config(run_dir, args.preset, overrides, extend=args.extend)
+        elif args.extend:
+            raise ConfigError("--extend is for --resume: it lets a resumed run change train.epochs / train.max_steps")
+        cfg = cfg or load_config(args.preset or DEFAULT_PRESET, overrides)
         accelerator = make_accelerator(cfg, cfg.train.output_dir)
         summary = fit(cfg, accelerator, cfg.train.output_dir, resume=args.resume)
     except (ConfigError, CheckpointError) as e:

@@ -10,6 +10,7 @@ value names the key.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -218,7 +219,7 @@ class TrainConfig:
     eval_baseline: bool = True
     # "auto": tensorboard when installed, silently; a named tracker that is missing gets a warning
     trackers: list[str] = field(default_factory=lambda: ["auto"])
-    output_dir: str = "outputs/run"
+    output_dir: str = ""  # "": outputs/<preset> (mimkit.config.default_output_dir)
     # A non-finite loss: "error" stops (checked at each log, no per-step sync) after saving a
     # diagnostic state; "skip" drops that optimizer step and counts it (one host sync per step).
     on_nonfinite: Literal["error", "skip"] = "error"
@@ -353,14 +354,33 @@ def load_config(preset_or_path: str = "latent_mim", overrides: list[str] | tuple
         from .scale import ScaleRule, apply_scale
 
         cfg = apply_scale(cfg, ScaleRule.from_dict(scale, f"preset {preset_or_path!r}"))
+    cfg = _overridden(cfg, overrides)
+    cfg.preset = preset_or_path
+    if not cfg.train.output_dir:
+        cfg.train.output_dir = default_output_dir(preset_or_path)
+    validate(cfg)
+    return cfg
+
+
+def _overridden(cfg: RunConfig, overrides: list[str] | tuple[str, ...]) -> RunConfig:
     tail: dict[str, Any] = {}
     for item in overrides:
         tail = deep_merge(tail, parse_override(item))
     tail.pop("preset", None)
-    cfg = from_dict(RunConfig, tail, base=cfg)
-    cfg.preset = preset_or_path
-    validate(cfg)
-    return cfg
+    return from_dict(RunConfig, tail, base=cfg)
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str] | tuple[str, ...]) -> RunConfig:
+    """A validated copy of ``cfg`` with dotted overrides applied (``cfg`` is left as it is)."""
+    out = _overridden(copy.deepcopy(cfg), overrides)
+    validate(out)
+    return out
+
+
+def default_output_dir(preset_or_path: str) -> str:
+    """``outputs/<preset>`` (a YAML path counts by its file name), so runs of different presets
+    do not share a directory: ``latent_mim+micro`` -> ``outputs/latent_mim+micro``."""
+    return "outputs/" + "+".join(Path(part.strip()).stem for part in preset_or_path.split("+"))
 
 
 def config_from_yaml(text_or_path: str | Path) -> RunConfig:

@@ -341,7 +341,8 @@ class Trainer:
         try:
             self.accelerator.load_state(str(path))
         except Exception as e:
-            raise ckpt.CheckpointError(f"{path}: cannot be loaded: {e}") from e
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ckpt.CheckpointError(f"{path}: cannot be loaded into this model: {first[:300]}") from e
         self.state = state
         if self.main:
             self.jsonl.truncate_after(state.step)

@@ -37,8 +37,9 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != SCRIPTS]
 import yaml  # noqa: E402
 
 from mimkit.checkpoint import step_dirs  # noqa: E402
-from mimkit.config import ConfigError, RunConfig, flatten, load_config  # noqa: E402
+from mimkit.config import ConfigError, load_config  # noqa: E402
 from mimkit.platform_info import cpu_model  # noqa: E402
+from mimkit.resume import config_diff  # noqa: E402
 
 # --------------------------------------------------------------------------- the plan
 
@@ -382,22 +383,6 @@ def planned_config(run: RunSpec, s: Settings) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- state on disk
-
-# keys that may differ between sessions without changing the experiment
-OPERATIONAL_KEYS = frozenset({
-    "preset", "data.source", "data.num_workers", "train.output_dir", "train.trackers", "train.log_every",
-    "train.save_every", "train.keep_last",
-})
-
-
-def config_diff(saved: Mapping[str, Any], planned: Mapping[str, Any], ignore: Sequence[str] = ()) -> list[str]:
-    """Dotted keys whose values differ, operational keys and ``ignore`` aside. A key the saved
-    config lacks (written before the key existed) counts at its schema default."""
-    a = {**flatten(RunConfig().to_dict()), **flatten(saved)}
-    b = flatten(planned)
-    skip = OPERATIONAL_KEYS | set(ignore)
-    return sorted(k for k in a.keys() | b.keys() if k not in skip and a.get(k) != b.get(k))
-
 
 @dataclass(frozen=True)
 class RunState:
