@@ -41,8 +41,9 @@ def end_message(summary: dict[str, Any], output_dir: str, seconds: float, precis
         f"Outputs in {output_dir}/: summary.json (these numbers), log.jsonl (losses, lr, NN), encoder/ (loads in timm), "
         "checkpoints/ (--resume), config.yaml.",
         "Next:",
-        f"  python scripts/evaluate.py --checkpoint {output_dir}     # linear probe, few-shot, Sim as well",
-        "  python train.py --preset mae+micro --output outputs/mae --data DIR   # pixel MIM at the same scale",
-        "  python scripts/reproduce.py --scale micro --time-budget 120   # the papers' comparisons on this CPU",
+        f"  mimkit evaluate --checkpoint {output_dir}     # linear probe, few-shot, Sim as well",
+        "  mimkit train --preset mae+micro --data DIR   # pixel MIM at the same scale (-> outputs/mae+micro)",
+        f"  mimkit train --output {output_dir} --resume --extend train.epochs=N   # train this run longer",
+        "  mimkit reproduce --scale micro --time-budget 120   # the papers' comparisons on this CPU",
     ]
     return "\n".join(lines)

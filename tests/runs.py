@@ -16,6 +16,13 @@ TINY = ["--preset", "latent_mim+tiny", "train.batch_size=16", "data.num_workers=
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
+def cli_module(name: str) -> ModuleType:
+    """The module of ``mimkit NAME`` (its ``main(argv)``, parser and helpers)."""
+    from mimkit.cli import COMMANDS
+
+    return importlib.import_module(COMMANDS[name][0])
+
+
 def load_script(name: str) -> ModuleType:
     """scripts/<name>.py imported as a module (registered, so its dataclasses resolve)."""
     spec = importlib.util.spec_from_file_location(f"mimkit_script_{name}", ROOT / "scripts" / f"{name}.py")
@@ -34,14 +41,10 @@ def reset_accelerate() -> None:
 
 
 def run_train(*args: str) -> int:
-    """train.main in this process; the accelerate singletons are reset afterwards."""
-    sys.path.insert(0, str(ROOT))
+    """``mimkit train`` in this process; the accelerate singletons are reset afterwards."""
     try:
-        import train
-
-        return train.main(list(args))
+        return cli_module("train").main(list(args))
     finally:
-        sys.path.remove(str(ROOT))
         reset_accelerate()
 
 

@@ -1,4 +1,4 @@
-"""scripts/bench.py on the CPU: one JSON line per run, real FLOP counts, mimkit's config errors."""
+"""mimkit bench on the CPU: one JSON line per run, real FLOP counts, mimkit's config errors."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import mimkit
 
-from .runs import load_script
+from .runs import cli_module, load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
 TINY = ["--preset", "latent_mim+tiny", "--device", "cpu", "--steps", "2", "--warmup", "1", "--batch", "4", "--split-steps", "1"]
@@ -28,7 +28,7 @@ KEYS = {
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    return load_script("bench")
+    return cli_module("bench")
 
 
 def run(bench: ModuleType, capsys: pytest.CaptureFixture, argv: list[str]) -> list[dict]:

@@ -1,4 +1,4 @@
-"""scripts/evaluate.py, compare.py and segment.py on tiny checkpoints and the embedded images."""
+"""mimkit evaluate, compare and segment on tiny checkpoints and the embedded images."""
 
 import csv
 import json
@@ -14,7 +14,7 @@ from PIL import Image
 
 from mimkit.config import load_config
 
-from .runs import load_script
+from .runs import cli_module
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--max-train", "64", "--max-eval", "32", "--batch-size", "32", "--num-workers", "0", "--linear-epochs", "2",
@@ -50,7 +50,7 @@ def runs(tmp_path_factory):
 
 def test_evaluate_writes_every_metric(runs, tmp_path, capsys):
     out = tmp_path / "metrics.json"
-    assert load_script("evaluate").main(["--checkpoint", str(runs[0]), "--out", str(out), *FAST]) == 0
+    assert cli_module("evaluate").main(["--checkpoint", str(runs[0]), "--out", str(out), *FAST]) == 0
     metrics = json.loads(out.read_text())
     for key in ("nn", "knn", "linear", "fewshot", "sim", "sim_patches", "rank"):
         assert isinstance(metrics[key], float), key
@@ -62,7 +62,7 @@ def test_evaluate_writes_every_metric(runs, tmp_path, capsys):
     shown = capsys.readouterr().out  # with --out: the headline numbers, one a line, not the JSON
     assert f"NN top-1 %        {metrics['nn']:.1f}" in shown and "{" not in shown
     assert len(shown.splitlines()) <= 9
-    assert load_script("evaluate").main(["--checkpoint", str(runs[0]), *FAST]) == 0  # without --out: the JSON
+    assert cli_module("evaluate").main(["--checkpoint", str(runs[0]), *FAST]) == 0  # without --out: the JSON
     assert json.loads(capsys.readouterr().out)["nn"] == metrics["nn"]
 
 
@@ -82,7 +82,7 @@ def test_short_table_flags_a_linear_lr_at_the_edge_of_its_grid():
 
 
 def test_evaluate_errors_name_the_argument(runs, tmp_path, capsys):
-    evaluate = load_script("evaluate")
+    evaluate = cli_module("evaluate")
     with pytest.raises(SystemExit):
         evaluate.main(["--checkpoint", str(tmp_path / "missing")])
     assert "--checkpoint" in capsys.readouterr().err
@@ -106,7 +106,7 @@ def test_evaluate_help_runs_as_a_script():
 
 def test_compare_writes_table_csv_and_chart(runs, tmp_path):
     out = tmp_path / "cmp"
-    assert load_script("compare").main([str(runs[1]), str(runs[0]), "--out", str(out), *FAST]) == 0
+    assert cli_module("compare").main([str(runs[1]), str(runs[0]), "--out", str(out), *FAST]) == 0
     table = (out / "compare.md").read_text()
     assert "mae+tiny [pixel]" in table and "latent_mim+tiny [latent]" in table
     assert table.index("[pixel]") < table.index("[latent]")  # pixel variant first, latent beside it
@@ -118,19 +118,19 @@ def test_compare_writes_table_csv_and_chart(runs, tmp_path):
     saved = sorted((out / "metrics").glob("*.json"))
     assert len(saved) == 2
     again = tmp_path / "again"  # from the metrics JSONs alone, no evaluation
-    assert load_script("compare").main([*map(str, saved), "--out", str(again)]) == 0
+    assert cli_module("compare").main([*map(str, saved), "--out", str(again)]) == 0
     assert (again / "compare.csv").read_text() == (out / "compare.csv").read_text()
 
 
 def test_segment_writes_a_grid(runs, tmp_path):
     out = tmp_path / "seg.png"
     args = ["--checkpoint", str(runs[1]), "--num-images", "3", "--clusters", "3", "--cell", "48", "--map", "--out", str(out)]
-    assert load_script("segment").main(args) == 0
+    assert cli_module("segment").main(args) == 0
     with Image.open(out) as png:
         w, h = png.size
     assert w >= 3 * 48 and h >= 3 * 48  # three columns, three rows
     with pytest.raises(SystemExit):
-        load_script("segment").main(["--checkpoint", str(runs[1]), "--clusters", "0"])
+        cli_module("segment").main(["--checkpoint", str(runs[1]), "--clusters", "0"])
 
 
 @pytest.mark.parametrize("baseline", ["init", "pixels"])
@@ -140,17 +140,17 @@ def test_evaluate_baselines_of_a_run(tmp_path, baseline):
     (run / "config.yaml").write_text(load_config("latent_mim+tiny").to_yaml())  # no encoder: nothing trained yet
     out = tmp_path / "metrics.json"
     args = ["--checkpoint", str(run), "--baseline", baseline, "--out", str(out), "--protocols", "nn", "knn", *FAST]
-    assert load_script("evaluate").main(args) == 0
+    assert cli_module("evaluate").main(args) == 0
     metrics = json.loads(out.read_text())
     assert metrics["meta"]["checkpoint"] == f"{run}#{baseline}"
     assert 0.0 <= metrics["nn"] <= 100.0 and 0.0 <= metrics["knn"] <= 100.0
     if baseline == "init":  # rebuilt from the config and seed: the same encoder, the same numbers
         again = tmp_path / "again.json"
-        assert load_script("evaluate").main([*args[:5], str(again), *args[6:]]) == 0
+        assert cli_module("evaluate").main([*args[:5], str(again), *args[6:]]) == 0
         assert json.loads(again.read_text())["nn"] == metrics["nn"]
 
 
 def test_evaluate_baseline_needs_a_run_config(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert load_script("evaluate").main(["--checkpoint", str(tmp_path / "empty"), "--baseline", "init"]) == 2
+    assert cli_module("evaluate").main(["--checkpoint", str(tmp_path / "empty"), "--baseline", "init"]) == 2
     assert "holds no run config.yaml" in capsys.readouterr().err

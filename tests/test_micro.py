@@ -147,4 +147,4 @@ def test_end_message_says_what_the_numbers_are():
     assert "  at initialisation    17.5   24.2" in text and "  after pretraining    27.2   36.0" in text
     assert "  gain                 +9.8  +11.8" in text
     assert "leave-one-out" in text and "4,000 training images" in text
-    assert "outputs/default/" in text and "scripts/evaluate.py --checkpoint outputs/default" in text
+    assert "outputs/default/" in text and "mimkit evaluate --checkpoint outputs/default" in text

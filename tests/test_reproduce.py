@@ -1,4 +1,4 @@
-"""scripts/reproduce.py: the plan, its commands, the claim rules, the report, and the
+"""mimkit reproduce: the plan, its commands, the claim rules, the report, and the
 run / skip / resume / fail loop (tiny real runs on the embedded slice, and a fake runner)."""
 
 from __future__ import annotations
@@ -13,21 +13,28 @@ import pytest
 import yaml
 
 from mimkit.config import load_config
+from mimkit.checkpoint import step_dirs
+from mimkit.reproduce.claims import evaluate_claims
+from mimkit.reproduce.cli import main, parse_epochs
+from mimkit.reproduce.commands import Settings, SweepPending, common_overrides, display, eval_command, planned_config, preset_expr, run_overrides, sweep_epochs, train_command
+from mimkit.reproduce.plan import DATASETS, MAIN_PRESETS, RunSpec, SCALES, build_plan, progression, sweep_name
+from mimkit.reproduce.report import RunRecord, nn_curve, render_results
+from mimkit.reproduce.runner import Budget
+from mimkit.reproduce.state import RunState
+from mimkit.resume import config_diff
 
-from .runs import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-rp = load_script("reproduce")
 
 EVAL_ARGS = "--max-train 200 --max-eval 100 --protocols nn sim --num-workers 0 --batch-size 100"
 TINY = ["--cifar10", "embedded", "--imagenette", "embedded", "--overlay", "tiny", "--batch", "16", "--tables", "main",
         "--datasets", "cifar10", "--eval-args", EVAL_ARGS, "train.max_steps=2", "data.num_workers=0", "train.trackers=[none]"]
 
 
-def settings(tmp_path: Path) -> rp.Settings:
-    return rp.Settings(sources={"cifar10": "embedded", "imagenette": "embedded"}, out=tmp_path / "runs")
+def settings(tmp_path: Path) -> Settings:
+    return Settings(sources={"cifar10": "embedded", "imagenette": "embedded"}, out=tmp_path / "runs")
 
 
 def cli(tmp_path: Path, *extra: str) -> list[str]:
@@ -39,12 +46,12 @@ def never(argv, log_path, tick):  # a runner for invocations that must start not
 
 
 def fake_runner(fail: set[str] = frozenset()):
-    """Writes what train.py / evaluate.py would (summary.json / metrics.json), or fails for runs named in ``fail``."""
+    """Writes what mimkit train / evaluate would (summary.json / metrics.json), or fails for runs named in ``fail``."""
     calls: list[list[str]] = []
 
     def run(argv, log_path, tick):
         calls.append(argv)
-        if "train.py" in argv:
+        if argv[argv.index("mimkit") + 1] == "train":
             out = ROOT / argv[argv.index("--output") + 1]
             if out.name in fail:
                 log_path.write_text("Traceback (most recent call last):\nRuntimeError: boom\n")
@@ -64,7 +71,7 @@ def fake_runner(fail: set[str] = frozenset()):
 
 
 def test_plan_has_the_four_presets_per_dataset_and_the_progression():
-    plan = rp.build_plan()
+    plan = build_plan()
     mains = [t for t in plan.tables if t.key == "main"]
     assert [t.dataset for t in mains] == ["cifar10", "imagenette"]
     for t in mains:
@@ -73,53 +80,53 @@ def test_plan_has_the_four_presets_per_dataset_and_the_progression():
     assert abl.dataset == "imagenette" and len(abl.rows) == 11
     assert abl.rows[0].run == "naive_latent_mim" and abl.rows[-1].run == "latent_mim"
     assert len(plan.runs) == len({r.key for r in plan.runs}) == 8 + 9  # first and last progression rows are shared
-    only_main = rp.build_plan(["main"])
+    only_main = build_plan(["main"])
     assert len(only_main.runs) == 8 and all(t.key == "main" for t in only_main.tables)
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "imagenette"])
 def test_progression_switches_one_thing_per_row_and_ends_at_latent_mim(dataset, tmp_path):
-    s, ds = settings(tmp_path), rp.DATASETS[dataset]
-    plan = rp.build_plan(["main", "ablation"], ablation_dataset=dataset)
+    s, ds = settings(tmp_path), DATASETS[dataset]
+    plan = build_plan(["main", "ablation"], ablation_dataset=dataset)
     (abl,) = [t for t in plan.tables if t.key == "ablation"]
-    configs = [rp.planned_config(plan.run(dataset, row.run), s) for row in abl.rows]
-    steps = rp.progression(ds.gap)
+    configs = [planned_config(plan.run(dataset, row.run), s) for row in abl.rows]
+    steps = progression(ds.gap)
     for prev, cur, step in zip(configs, configs[1:], steps[1:]):
-        assert rp.config_diff(prev, cur) == sorted(item.split("=")[0] for item in step.adds), step.name
+        assert config_diff(prev, cur) == sorted(item.split("=")[0] for item in step.adds), step.name
     cumulative = [item for step in steps for item in step.adds]
-    walked = load_config("naive_latent_mim", rp.common_overrides(ds, s) + cumulative).to_dict()
-    assert rp.config_diff(walked, rp.planned_config(plan.run(dataset, "latent_mim"), s)) == []
+    walked = load_config("naive_latent_mim", common_overrides(ds, s) + cumulative).to_dict()
+    assert config_diff(walked, planned_config(plan.run(dataset, "latent_mim"), s)) == []
 
 
 def test_geometry_is_a_14x14_grid_with_the_papers_patch_to_gap_ratio(tmp_path):
     s = settings(tmp_path)
-    for ds in rp.DATASETS.values():
+    for ds in DATASETS.values():
         assert ds.grid == 14 and ds.patch == 4 * ds.gap
-        latent = load_config("latent_mim", rp.run_overrides(rp.RunSpec(ds.key, "latent_mim", "latent_mim", (f"masking.gap={ds.gap}",)), s))
+        latent = load_config("latent_mim", run_overrides(RunSpec(ds.key, "latent_mim", "latent_mim", (f"masking.gap={ds.gap}",)), s))
         assert (latent.model.img_size, latent.model.patch_size, latent.masking.gap) == (ds.native, ds.patch, ds.gap)
         assert latent.model.name == "vit_tiny_patch16_224" and latent.train.batch_size == 256
-    assert [rp.DATASETS["cifar10"].crop(g) for g in (0, 1)] == [56, 70]
-    assert [rp.DATASETS["imagenette"].crop(g) for g in (0, 2)] == [112, 140]
+    assert [DATASETS["cifar10"].crop(g) for g in (0, 1)] == [56, 70]
+    assert [DATASETS["imagenette"].crop(g) for g in (0, 2)] == [112, 140]
 
 
 def test_commands_carry_the_plan_overrides_and_resume(tmp_path):
-    s = rp.Settings(sources={"cifar10": "data/c", "imagenette": "data/i"}, out=ROOT / "runs" / "x", processes=2,
+    s = Settings(sources={"cifar10": "data/c", "imagenette": "data/i"}, out=ROOT / "runs" / "x", processes=2,
                     overrides=("train.max_steps=5",), eval_args=("--max-train", "10"), workers=3)
-    run = rp.build_plan().run("imagenette", "latent_mim")
-    train = rp.train_command(run, s, resume=True)
+    run = build_plan().run("imagenette", "latent_mim")
+    train = train_command(run, s, resume=True)
     assert train[:2] == [sys.executable, "-m"] and train[train.index("--num_processes") + 1] == "2"
     assert train[train.index("--output") + 1] == "runs/x/imagenette/latent_mim" and "--resume" in train
     assert train[-2:] == ["masking.gap=2", "train.max_steps=5"] and "data.num_workers=3" in train
-    ev = rp.eval_command(run, s)
+    ev = eval_command(run, s)
     assert ev[ev.index("--out") + 1] == "runs/x/imagenette/latent_mim/metrics.json" and ev[-2:] == ["--max-train", "10"]
-    assert rp.display(train).startswith("python -m accelerate.commands.launch")
+    assert display(train).startswith("python -m accelerate.commands.launch")
 
 
 def test_epochs_option():
-    assert rp.parse_epochs("7") == {"cifar10": 7, "imagenette": 7}
-    assert rp.parse_epochs("imagenette=50") == {"cifar10": 4, "imagenette": 50}
+    assert parse_epochs("7") == {"cifar10": 7, "imagenette": 7}
+    assert parse_epochs("imagenette=50") == {"cifar10": 4, "imagenette": 50}
     with pytest.raises(SystemExit):
-        rp.parse_epochs("imagenet=3")
+        parse_epochs("imagenet=3")
 
 
 # --------------------------------------------------------------------------- claims and report
@@ -134,7 +141,7 @@ GOOD = {
 
 
 def verdicts(metrics, num_classes=10):
-    return [c.verdict for c in rp.evaluate_claims(metrics, num_classes)]
+    return [c.verdict for c in evaluate_claims(metrics, num_classes)]
 
 
 def test_claim_rules_on_hand_made_metrics():
@@ -157,23 +164,23 @@ def test_claim_rules_on_hand_made_metrics():
 
 def test_report_shows_missing_failed_and_claims(tmp_path):
     s = settings(tmp_path)
-    plan = rp.build_plan()
-    records = {r.key: rp.RunRecord(rp.RunState()) for r in plan.runs}
-    done = rp.RunState(trained=True, evaluated=True)
+    plan = build_plan()
+    records = {r.key: RunRecord(RunState()) for r in plan.runs}
+    done = RunState(trained=True, evaluated=True)
     for name, metrics in GOOD.items():
-        records[f"cifar10/{name}"] = rp.RunRecord(done, metrics, {"steps": 10},
-                                                  {"attempts": [{"phase": "train", "command": f"python train.py {name}", "seconds": 75.0,
+        records[f"cifar10/{name}"] = RunRecord(done, metrics, {"steps": 10},
+                                                  {"attempts": [{"phase": "train", "command": f"python -m mimkit train {name}", "seconds": 75.0,
                                                                  "returncode": 0, "device": "GPU X"}]})
-    records["imagenette/mae"] = rp.RunRecord(rp.RunState(), timing={"attempts": [
-        {"phase": "train", "command": "python train.py mae", "seconds": 3.0, "returncode": 3, "device": "GPU X"}]})
-    text = rp.render_results(plan, records, s, "python scripts/reproduce.py")
+    records["imagenette/mae"] = RunRecord(RunState(), timing={"attempts": [
+        {"phase": "train", "command": "python -m mimkit train mae", "seconds": 3.0, "returncode": 3, "device": "GPU X"}]})
+    text = render_results(plan, records, s, "mimkit reproduce")
     assert "| `latent_mim` | 32.0 | — | 50.0 | 0.400 | 1m15s | — | done |" in text
     assert "failed (train, exit 3)" in text and "Device: GPU X" in text
     assert "**CIFAR-10**" in text and text.count("**reproduced**") == 4
     assert "the naive baseline collapses" in text and "**pending (missing:" in text  # Imagenette
     assert "## Ablation — the Latent MIM challenge progression on Imagenette" in text
-    assert "python train.py latent_mim" in text  # a command that ran
-    assert "python train.py --preset pilamim --data embedded" in text and "# planned" in text  # the others as planned
+    assert "python -m mimkit train latent_mim" in text  # a command that ran
+    assert "python -m mimkit train --preset pilamim --data embedded" in text and "# planned" in text  # the others as planned
 
 
 # --------------------------------------------------------------------------- the loop with a fake runner
@@ -182,20 +189,20 @@ def test_report_shows_missing_failed_and_claims(tmp_path):
 def test_dry_run_prints_every_command_and_runs_nothing(tmp_path, capsys):
     args = ["--dry-run", "--cifar10", "embedded", "--imagenette", "embedded", "--out", str(tmp_path / "runs"),
             "--results", str(tmp_path / "results.md")]
-    assert rp.main(args, runner=never) == 0
+    assert main(args, runner=never) == 0
     out = capsys.readouterr().out
-    for run in rp.build_plan().runs:
+    for run in build_plan().runs:
         assert f"# {run.key} [new]" in out
         assert f"--output {tmp_path / 'runs' / run.dataset / run.name} " in out
         assert f"--out {tmp_path / 'runs' / run.dataset / run.name / 'metrics.json'}" in out
-    assert out.count("python train.py ") == out.count("python scripts/evaluate.py ") == 17
+    assert out.count("python -m mimkit train ") == out.count("python -m mimkit evaluate ") == 17
     assert list(tmp_path.iterdir()) == []
 
 
 def test_failed_run_is_reported_and_the_next_one_runs(tmp_path, capsys):
     runner = fake_runner(fail={"naive_latent_mim"})
     export = tmp_path / "export"
-    assert rp.main(cli(tmp_path, "--only", "naive_latent_mim", "mae", "--export", str(export)), runner=runner) == 1
+    assert main(cli(tmp_path, "--only", "naive_latent_mim", "mae", "--export", str(export)), runner=runner) == 1
     out = capsys.readouterr().out
     assert "[cifar10/naive_latent_mim] FAILED in train (exit 3)" in out and "RuntimeError: boom" in out
     assert len(runner.calls) == 3  # naive train, mae train + eval
@@ -209,13 +216,13 @@ def test_failed_run_is_reported_and_the_next_one_runs(tmp_path, capsys):
 
 
 def test_time_budget_starts_nothing_once_spent(tmp_path, capsys):
-    assert rp.main(cli(tmp_path, "--time-budget", "0"), runner=never) == 0
+    assert main(cli(tmp_path, "--time-budget", "0"), runner=never) == 0
     assert "not started: time budget spent" in capsys.readouterr().out
     assert "| `mae` | — |" in (tmp_path / "results.md").read_text()
 
 
 def test_budget_refuses_a_run_that_would_end_past_it():
-    budget = rp.Budget(limit_s=100.0)
+    budget = Budget(limit_s=100.0)
     assert budget.refusal("cifar10") is None
     budget.record("cifar10", 150.0)
     assert "on average" in budget.refusal("cifar10")
@@ -224,7 +231,7 @@ def test_budget_refuses_a_run_that_would_end_past_it():
 
 def test_missing_dataset_dir_is_named(tmp_path, capsys):
     args = ["--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "r.md")]
-    assert rp.main(args, runner=never) == 2
+    assert main(args, runner=never) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "nowhere" / "cifar10") in err and str(tmp_path / "nowhere" / "imagenette") in err
 
@@ -238,7 +245,7 @@ def two_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("reproduce")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("OMP_NUM_THREADS", "1")
-        rc = rp.main(cli(tmp, "--only", "naive_latent_mim", "mae"))
+        rc = main(cli(tmp, "--only", "naive_latent_mim", "mae"))
     return tmp, rc
 
 
@@ -253,7 +260,7 @@ def test_two_rows_write_metrics_timing_and_the_report(two_runs):
         timing = json.loads((d / "timing.json").read_text())
         assert [(a["phase"], a["returncode"]) for a in timing["attempts"]] == [("train", 0), ("eval", 0)]
         assert all(a["seconds"] > 0 and a["device"] for a in timing["attempts"])
-        assert timing["attempts"][0]["command"].startswith("python train.py --preset " + name + "+tiny --data embedded")
+        assert timing["attempts"][0]["command"].startswith("python -m mimkit train --preset " + name + "+tiny --data embedded")
         assert yaml.safe_load((d / "config.yaml").read_text())["model"]["img_size"] == 56
     text = (tmp / "results.md").read_text()
     for name in ("naive_latent_mim", "mae"):
@@ -267,18 +274,18 @@ def test_second_invocation_skips_finished_runs(two_runs, capsys):
     tmp, _ = two_runs
     d = tmp / "runs" / "cifar10" / "mae"
     before = {p.name: p.stat().st_mtime_ns for p in (d / "summary.json", d / "metrics.json", d / "timing.json")}
-    assert rp.main(cli(tmp, "--only", "naive_latent_mim", "mae"), runner=never) == 0
+    assert main(cli(tmp, "--only", "naive_latent_mim", "mae"), runner=never) == 0
     out = capsys.readouterr().out
     assert "[cifar10/mae] done, skipped" in out and "all selected runs are complete" in out
     assert before == {p.name: p.stat().st_mtime_ns for p in (d / "summary.json", d / "metrics.json", d / "timing.json")}
-    assert rp.main(cli(tmp, "--only", "mae", "--report-only", "--results", str(tmp / "again.md")), runner=never) == 0
+    assert main(cli(tmp, "--only", "mae", "--report-only", "--results", str(tmp / "again.md")), runner=never) == 0
     assert "| `mae` |" in (tmp / "again.md").read_text()
 
 
 @pytest.mark.slow
 def test_a_different_config_in_the_run_dir_is_refused(two_runs, capsys):
     tmp, _ = two_runs
-    assert rp.main(cli(tmp, "--only", "mae", "train.max_steps=3"), runner=never) == 1
+    assert main(cli(tmp, "--only", "mae", "train.max_steps=3"), runner=never) == 1
     assert "[cifar10/mae] STALE" in capsys.readouterr().out
     assert "stale config (train.max_steps)" in (tmp / "results.md").read_text()
 
@@ -290,10 +297,10 @@ def test_checkpoint_without_summary_is_resumed(two_runs, tmp_path):
     d = tmp_path / "runs" / "cifar10" / "naive_latent_mim"
     (d / "summary.json").unlink()
     shutil.rmtree(d / "encoder")
-    assert rp.step_dirs(d)
+    assert step_dirs(d)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("OMP_NUM_THREADS", "1")
-        assert rp.main(cli(tmp_path, "--only", "naive_latent_mim")) == 0
+        assert main(cli(tmp_path, "--only", "naive_latent_mim")) == 0
     attempts = json.loads((d / "timing.json").read_text())["attempts"]
     assert [(a["phase"], a["resumed"]) for a in attempts] == [("train", False), ("eval", False), ("train", True)]
     assert " --resume latest " in attempts[-1]["command"] and attempts[-1]["returncode"] == 0
@@ -303,15 +310,15 @@ def test_checkpoint_without_summary_is_resumed(two_runs, tmp_path):
 # --------------------------------------------------------------------------- the micro scale
 
 
-MICRO = rp.SCALES["micro"]
+MICRO = SCALES["micro"]
 
 
-def micro_settings(tmp_path: Path, **kw) -> rp.Settings:
-    return rp.Settings(sources={"cifar10": "embedded", "imagenette": "embedded"}, out=tmp_path / "runs", scale=MICRO, **kw)
+def micro_settings(tmp_path: Path, **kw) -> Settings:
+    return Settings(sources={"cifar10": "embedded", "imagenette": "embedded"}, out=tmp_path / "runs", scale=MICRO, **kw)
 
 
 def test_micro_plan_has_baselines_sweeps_and_the_four_presets():
-    plan = rp.build_plan(["main"], scale=MICRO)
+    plan = build_plan(["main"], scale=MICRO)
     (cifar, _) = [t for t in plan.tables if t.key == "main"]
     assert [r.run for r in cifar.rows] == ["init", "pixels", "naive_latent_mim", "mae", "latent_mim", "pilamim"]
     runs = [r for r in plan.runs if r.dataset == "cifar10"]
@@ -319,31 +326,31 @@ def test_micro_plan_has_baselines_sweeps_and_the_four_presets():
     assert len(sweeps) == 4 * len(MICRO.sweep.lrs)
     # each preset's sweep runs right before its table run, which takes its lr from that sweep
     names = [r.name for r in runs]
-    for preset in rp.MAIN_PRESETS:
+    for preset in MAIN_PRESETS:
         i = names.index(preset)
-        assert names[i - 3:i] == [rp.sweep_name(preset, lr) for lr in MICRO.sweep.lrs]
+        assert names[i - 3:i] == [sweep_name(preset, lr) for lr in MICRO.sweep.lrs]
         assert plan.run("cifar10", preset).lr_from == preset
-    abl = rp.build_plan(["ablation"], "cifar10", scale=MICRO)
+    abl = build_plan(["ablation"], "cifar10", scale=MICRO)
     assert all(r.lr_from in ("latent_mim", "naive_latent_mim") for r in abl.runs if r.kind == "train")
     assert {r.preset for r in abl.runs if r.kind == "sweep"} == {"naive_latent_mim", "latent_mim"}
 
 
 @pytest.mark.parametrize("dataset, overlay, size, patch, gap", [("cifar10", "micro", 32, 4, 1), ("imagenette", "micro64", 64, 8, 2)])
 def test_micro_runs_use_the_overlay_geometry_and_the_picked_lr(tmp_path, dataset, overlay, size, patch, gap):
-    plan = rp.build_plan(["main"], scale=MICRO)
+    plan = build_plan(["main"], scale=MICRO)
     run = plan.run(dataset, "latent_mim")
-    with pytest.raises(rp.SweepPending):
-        rp.planned_config(run, micro_settings(tmp_path))
+    with pytest.raises(SweepPending):
+        planned_config(run, micro_settings(tmp_path))
     s = micro_settings(tmp_path, picked={f"{dataset}/latent_mim": 0.0045})
-    cfg = load_config(rp.preset_expr(run, s), rp.run_overrides(run, s))
-    assert rp.preset_expr(run, s) == f"latent_mim+{overlay}"
+    cfg = load_config(preset_expr(run, s), run_overrides(run, s))
+    assert preset_expr(run, s) == f"latent_mim+{overlay}"
     assert (cfg.model.embed_dim, cfg.model.img_size, cfg.model.patch_size, cfg.masking.gap) == (192, size, patch, gap)
     assert cfg.train.base_lr == 0.0045 and cfg.train.eval_every_epochs == 1 and cfg.data.holdout == 0
-    sweep = plan.run(dataset, rp.sweep_name("latent_mim", 0.0005))
-    swept = load_config(rp.preset_expr(sweep, s), rp.run_overrides(sweep, s))
+    sweep = plan.run(dataset, sweep_name("latent_mim", 0.0005))
+    swept = load_config(preset_expr(sweep, s), run_overrides(sweep, s))
     assert swept.data.holdout == MICRO.datasets[dataset].holdout > 0 and swept.train.base_lr == 0.0005
-    assert swept.train.epochs == rp.sweep_epochs(MICRO.datasets[dataset].epochs, MICRO.sweep) < cfg.train.epochs
-    assert rp.config_diff(swept.to_dict(), cfg.to_dict()) == [
+    assert swept.train.epochs == sweep_epochs(MICRO.datasets[dataset].epochs, MICRO.sweep) < cfg.train.epochs
+    assert config_diff(swept.to_dict(), cfg.to_dict()) == [
         "data.holdout", "train.base_lr", "train.epochs", "train.eval_every_epochs", "train.eval_knn_train", "train.warmup_epochs"]
 
 
@@ -353,7 +360,7 @@ def micro_runner(nn_by_lr: dict[float, float]):
 
     def run(argv, log_path, tick):
         calls.append(argv)
-        if "train.py" in argv:
+        if argv[argv.index("mimkit") + 1] == "train":
             out = ROOT / argv[argv.index("--output") + 1]
             out.mkdir(parents=True, exist_ok=True)
             lr = float(next(a for a in reversed(argv) if a.startswith("train.base_lr=")).split("=")[1]) if any(
@@ -373,13 +380,13 @@ def micro_runner(nn_by_lr: dict[float, float]):
 def test_micro_sweep_picks_the_best_holdout_nn_then_trains_the_table_run(tmp_path, capsys):
     runner = micro_runner({0.0005: 20.0, 0.0015: 24.0, 0.0045: 24.0})  # a tie: the smaller lr wins
     args = ["--scale", "micro", "--cifar10", "embedded", "--tables", "main", "--datasets", "cifar10", "--only", "init",
-            "pixels", "mae", *(rp.sweep_name("mae", lr) for lr in MICRO.sweep.lrs),
+            "pixels", "mae", *(sweep_name("mae", lr) for lr in MICRO.sweep.lrs),
             "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results.md")]
-    assert rp.main(args, runner=runner) == 0
-    trains = [c for c in runner.calls if "train.py" in c]
+    assert main(args, runner=runner) == 0
+    trains = [c for c in runner.calls if c[c.index("mimkit") + 1] == "train"]
     assert len(trains) == 4 and "train.base_lr=0.0015" in trains[-1] and "--output" in trains[-1]
     assert trains[-1][trains[-1].index("--output") + 1].endswith("cifar10/mae")
-    evals = [c for c in runner.calls if "train.py" not in c]
+    evals = [c for c in runner.calls if c[c.index("mimkit") + 1] == "evaluate"]
     assert [c[c.index("--checkpoint") + 2:c.index("--checkpoint") + 4] for c in evals[:2]] == [["--baseline", "init"],
                                                                                               ["--baseline", "pixels"]]
     assert yaml.safe_load((tmp_path / "runs" / "cifar10" / "init" / "config.yaml").read_text())["model"]["embed_dim"] == 192
@@ -390,16 +397,16 @@ def test_micro_sweep_picks_the_best_holdout_nn_then_trains_the_table_run(tmp_pat
     png = tmp_path / "results" / "nn-cifar10-main.png"
     if importlib.util.find_spec("matplotlib"):
         assert png.is_file() and "![NN during training, Main table — CIFAR-10](results/nn-cifar10-main.png)" in text
-    assert rp.nn_curve(tmp_path / "runs" / "cifar10" / "mae", 256) == [(2.56, 21.0), (5.12, 22.0), (7.68, 23.0)]
+    assert nn_curve(tmp_path / "runs" / "cifar10" / "mae", 256) == [(2.56, 21.0), (5.12, 22.0), (7.68, 23.0)]
 
 
 def test_raw_pixel_claim():
     good = {**GOOD, "pixels": {"nn": 27.9}}
     assert verdicts(good) == ["reproduced"] * 4  # not checked without the pixels row
-    claims = rp.evaluate_claims(good, with_pixels=True)
+    claims = evaluate_claims(good, with_pixels=True)
     assert claims[-1].verdict == "reproduced" and "pixels 27.9" in claims[-1].detail
-    assert rp.evaluate_claims({**good, "pixels": {"nn": 28.0}}, with_pixels=True)[-1].verdict == "not reproduced"
-    assert rp.evaluate_claims(GOOD, with_pixels=True)[-1].verdict.startswith("pending (missing: nn of pixels")
-    partial = rp.evaluate_claims({"mae": {"nn": 29.0}, "latent_mim": {"nn": 40.0}, "pixels": {"nn": 34.9}}, with_pixels=True)[-1]
+    assert evaluate_claims({**good, "pixels": {"nn": 28.0}}, with_pixels=True)[-1].verdict == "not reproduced"
+    assert evaluate_claims(GOOD, with_pixels=True)[-1].verdict.startswith("pending (missing: nn of pixels")
+    partial = evaluate_claims({"mae": {"nn": 29.0}, "latent_mim": {"nn": 40.0}, "pixels": {"nn": 34.9}}, with_pixels=True)[-1]
     assert partial.verdict == "not reproduced" and partial.detail.startswith("mae 29.0 vs pixels 34.9")
-    assert rp.evaluate_claims({"mae": {"nn": 36.0}, "pixels": {"nn": 34.9}}, with_pixels=True)[-1].verdict.startswith("pending")
+    assert evaluate_claims({"mae": {"nn": 36.0}, "pixels": {"nn": 34.9}}, with_pixels=True)[-1].verdict.startswith("pending")

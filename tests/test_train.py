@@ -1,4 +1,4 @@
-"""train.py end to end on the embedded data (CPU): checkpoints, export, resume, 2 processes."""
+"""mimkit train end to end on the embedded data (CPU): checkpoints, export, resume, 2 processes."""
 
 import json
 import shutil

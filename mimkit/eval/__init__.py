@@ -29,7 +29,7 @@ Segmentation (``segmentation``)
 Everything at once (``suite``), checkpoints (``runs``), reports (``report``), scripts (``cli``)
     run_suite(vit, eval_data, train_data, SuiteConfig(...), accelerator=None) -> dict (nn, knn, linear, fewshot, sim, ..., meta)
     load_run(checkpoint, model=None) -> Run;  load_eval_data(DataConfig, image_size, max_train, max_eval) -> EvalData
-    markdown_table / csv_text / bar_chart(rows) for scripts/compare.py
+    markdown_table / csv_text / bar_chart(rows) for mimkit compare
 
 Accuracy goes through the ``evaluate`` metric shipped in ``mimkit/metrics`` (``scoring.top1``,
 ``scoring.load_metric``), loaded by local path.

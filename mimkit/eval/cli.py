@@ -1,4 +1,4 @@
-"""Command-line pieces shared by scripts/evaluate.py, compare.py and segment.py."""
+"""Command-line pieces shared by mimkit evaluate, compare and segment."""
 
 from __future__ import annotations
 

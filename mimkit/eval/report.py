@@ -35,7 +35,7 @@ class RunRow:
 
 
 def row_from_metrics(metrics: dict, fallback_label: str) -> RunRow:
-    """The numbers and the run description of one metrics dict (as scripts/evaluate.py writes it)."""
+    """The numbers and the run description of one metrics dict (as mimkit evaluate writes it)."""
     run = (metrics.get("meta") or {}).get("run") or {}
     variant = run.get("variant") if run.get("variant") in VARIANT_ORDER else "other"
     return RunRow(

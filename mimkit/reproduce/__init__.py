@@ -1,0 +1,1 @@
+"""The papers' comparisons at small scale, resumable: ``mimkit reproduce`` (``mimkit.reproduce.cli``)."""

@@ -1,0 +1,134 @@
+"""The settings of one reproduction and the exact train / evaluate command of each run."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import load_config
+from .plan import DatasetSpec, RunSpec, SAVE_EVERY, SCALES, Scale, Sweep, WARMUP_FRACTION
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the command line sets for every run."""
+
+    sources: Mapping[str, str]  # dataset -> data source as passed to mimkit train
+    out: Path
+    scale: Scale = SCALES["gpu"]
+    model: str | None = None  # None: the scale's
+    epochs: Mapping[str, int] | None = None  # None: the scale's datasets'
+    batch: int = 256
+    workers: int | None = None
+    overlay: str | None = None
+    overrides: tuple[str, ...] = ()
+    eval_args: tuple[str, ...] = ()
+    processes: int = 1
+    python: str = sys.executable
+    picked: Mapping[str, float] = field(default_factory=dict)  # "dataset/preset" -> base lr its sweep picked
+
+    def run_dir(self, run: RunSpec) -> Path:
+        return self.out / run.dataset / run.name
+
+    def dataset(self, key: str) -> DatasetSpec:
+        return self.scale.datasets[key]
+
+    def epochs_of(self, key: str) -> int:
+        return self.epochs[key] if self.epochs and key in self.epochs else self.dataset(key).epochs
+
+
+def rel(path: Path | str) -> str:
+    """A path as the commands (run from the working directory) spell it."""
+    p = Path(path).absolute()
+    try:
+        return str(p.relative_to(Path.cwd()))
+    except ValueError:
+        return str(p)
+
+
+def warmup_epochs(epochs: int) -> float:
+    return round(epochs * WARMUP_FRACTION, 3)
+
+
+def sweep_epochs(epochs: int, sweep: Sweep) -> int:
+    return max(1, round(epochs * sweep.fraction))
+
+
+def common_overrides(ds: DatasetSpec, s: Settings, kind: str = "train") -> list[str]:
+    """The overrides every run of ``kind`` on ``ds`` shares (a sweep run: its shorter schedule, no curve)."""
+    epochs = s.epochs_of(ds.key)
+    if kind == "sweep" and s.scale.sweep is not None:
+        epochs = sweep_epochs(epochs, s.scale.sweep)
+    model = s.model or s.scale.model
+    out = [f"model.name={model}"] if model else []
+    out += [
+        f"model.patch_size={ds.patch}",
+        f"model.img_size={ds.native}",
+        f"train.batch_size={s.batch}",
+        f"train.epochs={epochs}",
+        f"train.warmup_epochs={warmup_epochs(epochs)}",
+        f"train.save_every={SAVE_EVERY}",
+        "train.keep_last=1",
+        *s.scale.overrides,
+    ]
+    if kind == "sweep":
+        out.append("train.eval_knn_train=0")  # scored by NN on the holdout only
+    elif s.scale.curves:
+        out.append("train.eval_every_epochs=1")
+    if s.workers is not None:
+        out.append(f"data.num_workers={s.workers}")
+    return out
+
+
+class SweepPending(Exception):
+    """A run's lr comes from a sweep that has not finished."""
+
+
+def run_overrides(run: RunSpec, s: Settings) -> list[str]:
+    """Every override of ``run``: the scale's and dataset's, the run's own, its sweep's lr, the command line's.
+    Raises SweepPending for a run whose lr sweep is not complete."""
+    out = [*common_overrides(s.dataset(run.dataset), s, run.kind), *run.overrides]
+    if run.lr_from is not None:
+        lr = s.picked.get(f"{run.dataset}/{run.lr_from}")
+        if lr is None:
+            raise SweepPending(f"{run.key} waits for the lr sweep of {run.lr_from}")
+        out.append(f"train.base_lr={lr:g}")
+    return [*out, *s.overrides]
+
+
+def preset_expr(run: RunSpec, s: Settings) -> str:
+    return "+".join(p for p in (run.preset, s.dataset(run.dataset).overlay, s.overlay) if p)
+
+
+def launcher(command: str, s: Settings) -> list[str]:
+    """``python -m mimkit COMMAND``, through ``accelerate launch`` for several processes."""
+    if s.processes == 1:
+        return [s.python, "-m", "mimkit", command]
+    return [s.python, "-m", "accelerate.commands.launch", "--num_processes", str(s.processes), "--num_machines", "1",
+            "--dynamo_backend", "no", "-m", "mimkit", command]
+
+
+def train_command(run: RunSpec, s: Settings, resume: bool = False) -> list[str]:
+    cmd = [*launcher("train", s), "--preset", preset_expr(run, s), "--data", s.sources[run.dataset], "--output", rel(s.run_dir(run))]
+    return cmd + (["--resume", "latest"] if resume else []) + run_overrides(run, s)
+
+
+def eval_command(run: RunSpec, s: Settings) -> list[str]:
+    d = s.run_dir(run)
+    baseline = ["--baseline", run.baseline] if run.baseline else []
+    return [*launcher("evaluate", s), "--checkpoint", rel(d), *baseline, "--data", s.sources[run.dataset],
+            "--out", rel(d / "metrics.json"), *(run.eval_args or ()), *s.eval_args]
+
+
+def display(argv: Sequence[str], python: str = sys.executable) -> str:
+    return shlex.join(["python" if a == python else a for a in argv])
+
+
+def planned_config(run: RunSpec, s: Settings) -> dict[str, Any]:
+    return load_config(preset_expr(run, s), run_overrides(run, s)).to_dict()
+
+

@@ -1,0 +1,228 @@
+"""What the reproduction runs: datasets, scales, presets, sweeps, the tables and the ablation progression."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset and the encoder geometry used on it: a 14x14 grid as in the paper (224 / 16)."""
+
+    key: str
+    title: str
+    image_px: int  # side of the stored images
+    patch: int
+    native: int  # the encoder's native side, grid * patch (images are resized to it)
+    gap: int  # gap of the latent runs: patch / 4, the paper's 16:4
+    epochs: int
+    num_classes: int = 10
+    overlay: str | None = None  # a scale overlay stacked on every preset (micro, micro64)
+    holdout: int = 0  # train images held out for the learning-rate sweep
+
+    @property
+    def grid(self) -> int:
+        return self.native // self.patch
+
+    def crop(self, gap: int) -> int:
+        return self.grid * (self.patch + gap)
+
+    def describe(self) -> str:
+        resize = f"{self.image_px} px" if self.image_px == self.native else f"{self.image_px} px resized to {self.native} px"
+        return (
+            f"{resize}, patch {self.patch}, {self.grid}×{self.grid} grid; training crop {self.crop(0)} px "
+            f"(gap 0) or {self.crop(self.gap)} px (gap {self.gap})" + (f"; overlay `{self.overlay}`" if self.overlay else "")
+        )
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "cifar10": DatasetSpec("cifar10", "CIFAR-10", image_px=32, patch=4, native=56, gap=1, epochs=4),
+    "imagenette": DatasetSpec("imagenette", "Imagenette", image_px=112, patch=8, native=112, gap=2, epochs=20),
+}
+# The micro scale (a 2-core CPU): an 8x8 grid, the `micro` / `micro64` overlays' 192-wide, 6-deep ViT.
+MICRO_DATASETS: dict[str, DatasetSpec] = {
+    "cifar10": DatasetSpec("cifar10", "CIFAR-10", image_px=32, patch=4, native=32, gap=1, epochs=4, overlay="micro", holdout=5000),
+    "imagenette": DatasetSpec("imagenette", "Imagenette", image_px=112, patch=8, native=64, gap=2, epochs=20, overlay="micro64",
+                              holdout=1000),
+}
+MAIN_PRESETS = ("naive_latent_mim", "mae", "latent_mim", "pilamim")  # the table's rows
+RUN_ORDER = ("mae", "latent_mim", "pilamim", "naive_latent_mim")  # a partial table holds the main comparison first
+MAIN_EVAL = ("--protocols", "nn", "knn", "linear", "sim")
+ABLATION_EVAL = ("--protocols", "nn", "knn", "sim")
+PIXELS_EVAL = ("--protocols", "nn", "knn", "linear")
+DEFAULT_ABLATION_DATASET = "imagenette"
+ALL_TABLES = ("main", "ablation")
+WARMUP_FRACTION = 0.1
+SAVE_EVERY = 500
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """The learning-rate protocol, the same for every preset: a short run (``fraction`` of the
+    full schedule) at each base lr on the train split minus a seeded holdout; the lr with the
+    best NN on the holdout trains the table's run. The test split is never looked at."""
+
+    lrs: tuple[float, ...]
+    fraction: float
+
+
+@dataclass(frozen=True)
+class Scale:
+    """A reproduction scale: its datasets, batch, what else each table holds, where it writes."""
+
+    name: str
+    datasets: Mapping[str, DatasetSpec]
+    batch: int
+    model: str | None  # model.name of every run (None: the datasets' overlays choose)
+    sweep: Sweep | None  # None: every run uses its preset's base lr
+    baselines: bool  # rows for the encoder at initialisation and for raw pixels
+    curves: bool  # NN after every epoch of the table runs, drawn per table
+    results: str  # the report, relative to the working directory
+    out: str  # run directories, relative to the working directory
+    overrides: tuple[str, ...] = ()  # config overrides of every run of this scale
+
+
+SCALES: dict[str, Scale] = {
+    "gpu": Scale("gpu", DATASETS, 256, "vit_tiny_patch16_224", None, False, False, "docs/results.md", "runs/reproduce"),
+    # the run directories live beside the report (checkpoints and encoders git-ignored), so the
+    # finished runs travel with the repository and a later session resumes the table
+    "micro": Scale("micro", MICRO_DATASETS, 256, None, Sweep((5e-4, 1.5e-3, 4.5e-3), 0.25), True, True,
+                   "docs/results-micro.md", "docs/results-micro/runs",
+                   ("train.eval_baseline=false", "train.trackers=[none]")),  # the init row replaces each run's own
+}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One pretraining run: its directory is OUT/<dataset>/<name>."""
+
+    dataset: str
+    name: str
+    preset: str
+    overrides: tuple[str, ...] = ()
+    eval_args: tuple[str, ...] | None = MAIN_EVAL  # None: not evaluated (a sweep run scores itself)
+    kind: Literal["train", "sweep", "baseline"] = "train"
+    lr_from: str | None = None  # the preset whose lr sweep picks this run's train.base_lr
+    baseline: str | None = None  # a baseline row: "init" or "pixels" (mimkit evaluate --baseline)
+
+    @property
+    def key(self) -> str:
+        return f"{self.dataset}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Row:
+    run: str  # the RunSpec name within the table's dataset
+    label: str
+    change: str = ""
+
+
+@dataclass(frozen=True)
+class Table:
+    key: str  # "main" or "ablation"
+    title: str
+    dataset: str
+    rows: tuple[Row, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    runs: tuple[RunSpec, ...]
+    tables: tuple[Table, ...]
+
+    def run(self, dataset: str, name: str) -> RunSpec:
+        return next(r for r in self.runs if r.dataset == dataset and r.name == name)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One row of the challenge progression: the overrides it adds to the previous row."""
+
+    name: str
+    label: str
+    adds: tuple[str, ...]
+
+
+def progression(gap: int) -> tuple[Step, ...]:
+    """From the naive baseline to Latent MIM, one switch at a time (the paper's Tables 1-4).
+    The last step lands exactly on the `latent_mim` preset (checked by the tests)."""
+    return (
+        Step("naive_latent_mim", "naive: joint target, MSE, 75%, gap 0, self-attn decoder", ()),
+        Step("abl1_standalone", "target: standalone (own weights)", ("target.mode=standalone",)),
+        Step("abl2_stopgrad", "target: shared weights + stop-grad", ("target.mode=stopgrad",)),
+        Step("abl3_ema", "target: EMA", ("target.mode=ema",)),
+        Step("abl4_patch_disc", "loss: patch discrimination", ("objectives.latent.loss=patch_disc",)),
+        Step("abl5_mask90", "mask ratio 0.9", ("masking.ratio=0.9",)),
+        Step("abl6_gap", f"gap {gap}", (f"masking.gap={gap}",)),
+        Step("abl7_cross_attn", "decoder: cross-attention (with its CLS query)",
+             ("objectives.latent.decoder.kind=cross_attn", "objectives.latent.decoder.cls_query=true")),
+        Step("abl8_visual_cues", "decoder: cross-attention + visual cues", ("objectives.latent.decoder.visual_cues=true",)),
+        Step("abl9_projector", "projector: MLP", ("objectives.latent.projector.kind=mlp",)),
+        Step("latent_mim", "similarity constraint 0.1 (= latent_mim)", ("objectives.latent.similarity.coef=0.1",)),
+    )
+
+
+BASELINE_LABELS = {"init": "encoder at initialisation", "pixels": "raw pixels"}
+
+
+def sweep_name(preset: str, lr: float) -> str:
+    return f"sweep/{preset}/lr{lr:g}"
+
+
+def main_runs(ds: DatasetSpec, scale: Scale = SCALES["gpu"]) -> list[RunSpec]:
+    """The main table's runs in the order they run: the baselines, then per preset its lr
+    sweep (when the scale has one) followed by its run."""
+    gap = {"latent_mim": (f"masking.gap={ds.gap}",)}
+    runs: list[RunSpec] = []
+    if scale.baselines:
+        runs += [RunSpec(ds.key, b, "mae", (), PIXELS_EVAL if b == "pixels" else MAIN_EVAL, "baseline", baseline=b)
+                 for b in BASELINE_LABELS]
+    for preset in RUN_ORDER:
+        if scale.sweep is not None:
+            runs += [RunSpec(ds.key, sweep_name(preset, lr), preset, (*gap.get(preset, ()), f"data.holdout={ds.holdout}",
+                                                                        f"train.base_lr={lr:g}"), None, "sweep")
+                     for lr in scale.sweep.lrs]
+        runs.append(RunSpec(ds.key, preset, preset, gap.get(preset, ()), lr_from=preset if scale.sweep else None))
+    return runs
+
+
+def ablation_runs(ds: DatasetSpec, scale: Scale = SCALES["gpu"]) -> list[RunSpec]:
+    """The progression's runs; its first and last rows are the main table's runs. With an lr
+    sweep, every row trains at the lr picked for `latent_mim` (the progression's end)."""
+    mains = main_runs(ds, scale)
+    main = {r.name: r for r in mains}
+    ends = ("naive_latent_mim", "latent_mim")  # the rows shared with the main table, with their sweeps
+    runs = [r for r in mains if r.kind == "sweep" and r.preset in ends]
+    cumulative: dict[str, str] = {}
+    lr_from = "latent_mim" if scale.sweep else None
+    for step in progression(ds.gap):
+        cumulative.update(item.split("=", 1) for item in step.adds)
+        overrides = tuple(f"{k}={v}" for k, v in cumulative.items())
+        runs.append(main.get(step.name) or RunSpec(ds.key, step.name, "naive_latent_mim", overrides, ABLATION_EVAL, lr_from=lr_from))
+    return runs
+
+
+def build_plan(tables: Sequence[str] = ("main", "ablation"), ablation_dataset: str = DEFAULT_ABLATION_DATASET,
+               scale: Scale = SCALES["gpu"]) -> Plan:
+    runs: dict[str, RunSpec] = {}
+    out: list[Table] = []
+    if "main" in tables:
+        for ds in scale.datasets.values():
+            specs = main_runs(ds, scale)
+            runs.update((r.key, r) for r in specs)
+            rows = tuple(Row(b, label) for b, label in BASELINE_LABELS.items() if scale.baselines)
+            rows += tuple(Row(p, p) for p in MAIN_PRESETS)
+            out.append(Table("main", f"Main table — {ds.title}", ds.key, rows))
+    if "ablation" in tables:
+        ds = scale.datasets[ablation_dataset]
+        for r in ablation_runs(ds, scale):
+            runs.setdefault(r.key, r)
+        rows = tuple(Row(s.name, s.label, " ".join(s.adds)) for s in progression(ds.gap))
+        out.append(Table("ablation", f"Ablation — the Latent MIM challenge progression on {ds.title}", ds.key, rows))
+    return Plan(tuple(runs.values()), tuple(out))
+
+

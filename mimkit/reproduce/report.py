@@ -1,0 +1,335 @@
+"""The results document: tables, sweeps, NN curves, claims, commands and wall times."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError
+from .plan import ABLATION_EVAL, BASELINE_LABELS, MAIN_EVAL, PIXELS_EVAL, Plan, RunSpec, Table, WARMUP_FRACTION
+from .commands import Settings, SweepPending, display, eval_command, planned_config, rel, sweep_epochs, train_command
+from .state import RunState, inspect_run, load_timing, median_images_per_s, phase_seconds, read_json
+from .runner import sweep_scores
+from .claims import evaluate_claims
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What is on disk for one planned run."""
+
+    state: RunState
+    metrics: Mapping[str, Any] | None = None
+    summary: Mapping[str, Any] | None = None
+    timing: Mapping[str, Any] = field(default_factory=lambda: {"attempts": []})
+    images_per_s: float | None = None
+
+    @property
+    def status(self) -> str:
+        if self.state.stale:
+            return f"stale config ({', '.join(self.state.stale[:3])})"
+        if self.state.done:
+            return "done"
+        last = self.timing["attempts"][-1] if self.timing["attempts"] else None
+        if last and last.get("returncode") not in (0, None):
+            return f"failed ({last['phase']}, exit {last['returncode']})"
+        if last and last.get("returncode") is None:
+            return f"interrupted ({last['phase']})"
+        if self.state.trained:
+            return "eval pending"
+        return "partial" if self.state.checkpoint else "pending"
+
+    def metric(self, key: str) -> float | None:
+        if self.state.stale or not self.metrics:
+            return None
+        v = self.metrics.get(key)
+        return float(v) if isinstance(v, (int, float)) else None
+
+
+def collect(plan: Plan, s: Settings) -> dict[str, RunRecord]:
+    records = {}
+    for run in plan.runs:
+        d = s.run_dir(run)
+        planned, ignore = None, ()
+        try:
+            planned = planned_config(run, s)
+        except SweepPending:  # the lr is not known yet: every other key must still match
+            planned, ignore = planned_config(replace(run, lr_from=None), s), ("train.base_lr",)
+        except ConfigError:
+            pass
+        records[run.key] = RunRecord(
+            state=inspect_run(d, planned, run.kind, ignore),
+            metrics=read_json(d / "metrics.json"),
+            summary=read_json(d / "summary.json"),
+            timing=load_timing(d),
+            images_per_s=median_images_per_s(d),
+        )
+    return records
+
+
+def fmt(v: float | None, digits: int = 1) -> str:
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+def fmt_time(seconds: float) -> str:
+    if not seconds:
+        return "—"
+    m, sec = divmod(int(round(seconds)), 60)
+    return f"{m}m{sec:02d}s" if m else f"{sec}s"
+
+
+def fmt_fewshot(r: RunRecord) -> str:
+    mean, std = r.metric("fewshot"), r.metric("fewshot_std")
+    return fmt(mean) if mean is None or std is None else f"{mean:.1f} ± {std:.1f}"
+
+
+def fmt_lr(run: RunSpec, s: Settings) -> str:
+    if run.lr_from is None:
+        return ""
+    lr = s.picked.get(f"{run.dataset}/{run.lr_from}")
+    return "sweep pending" if lr is None else f"{lr:g}"
+
+
+def table_md(table: Table, records: Mapping[str, RunRecord], plan: Plan, s: Settings | None = None) -> list[str]:
+    runs = [plan.run(table.dataset, row.run) for row in table.rows]
+    recs = [records[run.key] for run in runs]
+    fewshot = any(r.metric("fewshot") is not None for r in recs)
+    linear = table.key == "main" or any(r.metric("linear") is not None for r in recs)
+    lr_col = s is not None and s.scale.sweep is not None
+    progression_cols = table.key == "ablation"
+    head = (["#", "row", "switch", "run", "NN", "ΔNN"] if progression_cols else ["run", "NN"]) + ["k-NN"]
+    head += (["linear"] if linear else []) + (["few-shot"] if fewshot else []) + ["Sim"] + (["base lr"] if lr_col else [])
+    head += ["train", "eval", "status"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    previous: float | None = None
+    for i, (row, run, r) in enumerate(zip(table.rows, runs, recs)):
+        nn = r.metric("nn")
+        switch = f"`{row.change}`" if row.change else "(preset)"
+        name = row.label if run.kind == "baseline" else f"`{row.run}`"
+        cells = [str(i), row.label, switch, name, fmt(nn)] if progression_cols else [name, fmt(nn)]
+        if progression_cols:
+            cells.append("" if i == 0 else ("—" if nn is None or previous is None else f"{nn - previous:+.1f}"))
+        cells.append(fmt(r.metric("knn")))
+        cells += ([fmt(r.metric("linear"))] if linear else []) + ([fmt_fewshot(r)] if fewshot else [])
+        cells += [fmt(r.metric("sim"), 3)] + ([fmt_lr(run, s)] if lr_col else [])
+        cells += [fmt_time(phase_seconds(r.timing, "train")), fmt_time(phase_seconds(r.timing, "eval")), r.status]
+        lines.append("| " + " | ".join(cells) + " |")
+        previous = nn
+    return lines
+
+
+def sweep_md(plan: Plan, s: Settings) -> list[str]:
+    """Per dataset: the holdout NN of every preset at every swept lr, and the pick."""
+    sweep = s.scale.sweep
+    if sweep is None:
+        return []
+    lines = ["## Learning-rate sweep", "",
+             f"Every preset trains {sweep.fraction:.0%} of its schedule at each base lr on the train split minus a seeded "
+             "holdout (`data.holdout`), and is scored by NN on that holdout; the best lr (ties: the smaller) trains the "
+             "table's run. The ablation rows use the lr picked for `latent_mim`. The test split is not read.", ""]
+    for key, ds in s.scale.datasets.items():
+        presets = list(dict.fromkeys(r.preset for r in plan.runs if r.kind == "sweep" and r.dataset == key))
+        if not presets:
+            continue
+        head = ["preset", *(f"lr {lr:g}" for lr in sweep.lrs), "picked"]
+        lines += [f"**{ds.title}** (holdout: {ds.holdout} train images; {sweep_epochs(s.epochs_of(key), sweep)} epochs)", "",
+                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for preset in presets:
+            scores = sweep_scores(plan, s, key, preset)
+            picked = s.picked.get(f"{key}/{preset}")
+            lines.append("| " + " | ".join([f"`{preset}`", *(fmt(scores.get(lr)) for lr in sweep.lrs),
+                                             "—" if picked is None else f"{picked:g}"]) + " |")
+        lines.append("")
+    return lines
+
+
+def nn_curve(run_dir: Path, batch: int) -> list[tuple[float, float]]:
+    """(thousands of images seen, NN) points logged during training (``eval/nn`` in log.jsonl)."""
+    path = run_dir / "log.jsonl"
+    if not path.is_file():
+        return []
+    points = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("eval/nn"), (int, float)):
+            points.append((rec["step"] * batch / 1000, float(rec["eval/nn"])))
+    return points
+
+
+def draw_curves(table: Table, plan: Plan, s: Settings, path: Path) -> bool:
+    """One PNG: the NN curve of every run of ``table`` (baselines as horizontal lines); False
+    when there is nothing to draw or matplotlib is missing."""
+    curves = {}
+    levels = {}
+    for row in table.rows:
+        run = plan.run(table.dataset, row.run)
+        d = s.run_dir(run)
+        if run.kind == "baseline":
+            nn = (read_json(d / "metrics.json") or {}).get("nn")
+            if isinstance(nn, (int, float)):
+                levels[row.label] = float(nn)
+        elif points := nn_curve(d, s.batch):
+            curves[row.run] = points
+    if not curves:
+        return False
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
+    start = levels.get(BASELINE_LABELS["init"])  # every run starts from that encoder
+    for name, points in curves.items():
+        points = ([(0.0, start)] if start is not None and points[0][0] > 0 else []) + points
+        ax.plot(*zip(*points), marker="o", markersize=3, label=name)
+    for i, (label, nn) in enumerate(levels.items()):
+        ax.axhline(nn, color="0.4", linestyle=("--", ":")[i % 2], linewidth=1, label=label)
+    ax.axhline(100 / s.dataset(table.dataset).num_classes, color="0.75", linewidth=1, label="chance")
+    ax.set(xlabel="training images seen (thousands)", ylabel="NN top-1 (%)", title=f"{table.title} — NN during training")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncols=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def claims_md(plan: Plan, records: Mapping[str, RunRecord], s: Settings) -> list[str]:
+    lines = ["## Claims", "",
+             "Each verdict is computed from the main table by the rule shown (NN, linear in top-1 %; Sim a cosine); "
+             "nothing here is edited by hand.", ""]
+    mains = [t for t in plan.tables if t.key == "main"]
+    if not mains:
+        return lines + ["No main table in this plan (`--tables main`), so no claim is checked.", ""]
+    for t in mains:
+        ds = s.dataset(t.dataset)
+        recs = {row.run: records[f"{t.dataset}/{row.run}"] for row in t.rows}
+        metrics = {name: None if r.state.stale else r.metrics for name, r in recs.items()}
+        lines += [f"**{ds.title}**", ""]
+        for c in evaluate_claims(metrics, ds.num_classes, with_pixels=s.scale.baselines):
+            lines.append(f"- {c.title} — rule: {c.rule} — **{c.verdict}**" + (f" ({c.detail})" if c.detail else ""))
+        lines.append("")
+    return lines
+
+
+def planned_commands(run: RunSpec, s: Settings) -> list[str]:
+    try:
+        train = [] if run.kind == "baseline" else [display(train_command(run, s), s.python) + "   # planned"]
+    except SweepPending:
+        return [f"# planned once the lr sweep of {run.lr_from} is done"]
+    return train + ([display(eval_command(run, s), s.python) + "   # planned"] if run.eval_args is not None else [])
+
+
+def commands_md(plan: Plan, records: Mapping[str, RunRecord], s: Settings) -> list[str]:
+    lines = ["## Commands", "",
+             "Run from the repository root. Commands that ran are listed as recorded in each run's `timing.json` "
+             "(a `--resume` line continues an interrupted run); the others are the planned ones.", ""]
+    for ds in s.scale.datasets:
+        runs = [r for r in plan.runs if r.dataset == ds]
+        if not runs:
+            continue
+        lines += ["```bash"]
+        for run in runs:
+            attempts = records[run.key].timing["attempts"]
+            lines.append(f"# {run.key}")
+            ran = list(dict.fromkeys(a["command"] for a in attempts))
+            lines += ran or planned_commands(run, s)
+        lines += ["```", ""]
+    return lines
+
+
+def details_md(plan: Plan, records: Mapping[str, RunRecord]) -> list[str]:
+    head = ["run", "steps", "epochs", "img/s (median)", "train", "eval", "attempts", "device"]
+    lines = ["## Runs", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for run in plan.runs:
+        r = records[run.key]
+        summ, attempts = r.summary or {}, r.timing["attempts"]
+        devices = ", ".join(dict.fromkeys(a.get("device", "?") for a in attempts)) or "—"
+        lines.append("| " + " | ".join([
+            f"`{run.key}`", str(summ.get("steps", "—")), str(summ.get("epochs", "—")),
+            fmt(r.images_per_s, 0), fmt_time(phase_seconds(r.timing, "train")), fmt_time(phase_seconds(r.timing, "eval")),
+            str(len(attempts)), devices,
+        ]) + " |")
+    total = sum(phase_seconds(r.timing, p) for r in records.values() for p in ("train", "eval"))
+    return lines + ["", f"Wall time of every attempt so far, training and evaluation: {fmt_time(total)}.", ""]
+
+
+def render_results(plan: Plan, records: Mapping[str, RunRecord], s: Settings, invocation: str = "",
+                   figures: Path | None = None) -> str:
+    """The report; with ``figures`` (a directory) the NN curves are drawn there and linked."""
+    devices = list(dict.fromkeys(a.get("device", "?") for r in records.values() for a in r.timing["attempts"]))
+    epochs = ", ".join(f"{ds.title} {s.epochs_of(k)}" for k, ds in s.scale.datasets.items())
+    model = s.model or s.scale.model
+    encoder = f"`{model}`" if model else "the overlays' (" + ", ".join(
+        f"`{d.overlay}` on {d.title}" for d in s.scale.datasets.values()) + ")"
+    lines = [
+        "# Reproduction results" + (f" — {s.scale.name} scale" if s.scale.name != "gpu" else ""),
+        "",
+        "Written by `mimkit reproduce` from the runs under "
+        f"`{rel(s.out)}` ({datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}); do not edit by hand — rerun "
+        "`mimkit reproduce --report-only` (with the same plan options) to refresh it. "
+        "How the plan is built: `docs/reproduce.md`.",
+        "",
+        f"- Device: {', '.join(devices) if devices else '— (nothing has run yet)'}",
+        f"- Encoder: {encoder}" + (f" + overlay `{s.overlay}`" if s.overlay else "")
+        + f"; batch {s.batch}; epochs: {epochs}; warm-up {WARMUP_FRACTION:.0%} of the epochs; "
+        + ("base lr from the sweep below; " if s.scale.sweep else "")
+        + "every other setting from each preset",
+        f"- Extra overrides: {' '.join(f'`{o}`' for o in (*s.scale.overrides, *s.overrides)) or 'none'}",
+        "- Evaluation (`mimkit evaluate`): "
+        + ", ".join(f"{key} `{' '.join(args)}`" for key, args in (("main", MAIN_EVAL), ("ablation", ABLATION_EVAL))
+                    if any(t.key == key for t in plan.tables))
+        + (f", raw pixels `{' '.join(PIXELS_EVAL)}`" if s.scale.baselines else "")
+        + (f", then `{shlex.join(s.eval_args)}`" if s.eval_args else "")
+        + "; NN is leave-one-out 1-NN on the test split (mean patch token before the final norm), "
+        "k-NN and linear are fitted on the train split, Sim is the mean pairwise cosine of pooled test features; "
+        "images are resized to side / `data.eval_crop` of each run (1.0 unless set) and centre-cropped to the "
+        "encoder's native side",
+    ]
+    if s.scale.baselines:
+        lines.append("- Baselines: the shared encoder at initialisation (same config and seed as every run, no step "
+                     "taken) and raw pixels (each normalised image flattened), scored by the same protocols")
+    if invocation:
+        lines.append(f"- Generated by: `{invocation}`")
+    lines.append("")
+    for t in plan.tables:
+        ds = s.dataset(t.dataset)
+        lines += [f"## {t.title}", "", f"{ds.describe()}; chance {100 / ds.num_classes:.1f} %.", ""]
+        if t.key == "ablation":
+            lines += ["Each row adds one switch to the previous row (overrides on `naive_latent_mim`); the first and last "
+                      "rows are the main table's `naive_latent_mim` and `latent_mim` runs. ΔNN is against the previous row.", ""]
+        lines += table_md(t, records, plan, s) + [""]
+        png = figures / f"nn-{t.dataset}-{t.key}.png" if figures is not None else None
+        if png is not None and draw_curves(t, plan, s, png):
+            lines += [f"![NN during training, {t.title}]({png.parent.name}/{png.name})", ""]
+    lines += sweep_md(plan, s) + claims_md(plan, records, s) + details_md(plan, records) + commands_md(plan, records, s)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+SMALL_FILES = ("config.yaml", "summary.json", "metrics.json", "timing.json", "log.jsonl", "train.log", "eval.log")
+
+
+def export(plan: Plan, s: Settings, results: Path, dest: Path) -> None:
+    """Copy results.md and each run's small files (no checkpoints, no encoder) under ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if results.is_file():
+        shutil.copy2(results, dest / "results.md")
+    for run in plan.runs:
+        src = s.run_dir(run)
+        for name in SMALL_FILES:
+            if (src / name).is_file():
+                target = dest / "runs" / run.dataset / run.name / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src / name, target)
+
+

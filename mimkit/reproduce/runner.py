@@ -1,0 +1,200 @@
+"""Running the plan: each phase logged and timed, resumed after a kill, within a time budget; the lr sweeps."""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..platform_info import cpu_model
+from .plan import Plan, RunSpec, sweep_name
+from .commands import Settings, SweepPending, display, eval_command, planned_config, train_command
+from .state import inspect_run, load_timing, read_json, write_json
+
+Runner = Callable[[list[str], Path, Callable[[float], None]], int]
+TICK_S = 15.0
+
+
+def run_logged(argv: list[str], log_path: Path, tick: Callable[[float], None]) -> int:
+    """Run ``argv`` from the repository root, stdout and stderr appended to ``log_path``;
+    ``tick(elapsed)`` every TICK_S seconds so a killed session still leaves its wall time."""
+    with log_path.open("a") as log:
+        log.write(f"\n$ {display(argv)}\n")
+        log.flush()
+        start = time.monotonic()
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            while True:
+                try:
+                    return proc.wait(timeout=TICK_S)
+                except subprocess.TimeoutExpired:
+                    tick(time.monotonic() - start)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def tail(path: Path, lines: int = 25, width: int = 400) -> str:
+    """The last non-empty lines of a log (progress-bar carriage returns split into lines)."""
+    if not path.is_file():
+        return "(no output)"
+    text = path.read_text(errors="replace").replace("\r", "\n")
+    kept = [line[:width] for line in text.splitlines() if line.strip()][-lines:]
+    return "\n".join("    " + line for line in kept)
+
+
+def attempt(run_dir: Path, phase: str, argv: list[str], device: str, runner: Runner, python: str) -> int:
+    """Run one phase (train or eval), recording it in timing.json as it goes."""
+    timing = load_timing(run_dir)
+    record: dict[str, Any] = {
+        "phase": phase, "command": display(argv, python), "resumed": "--resume" in argv, "device": device,
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seconds": 0.0, "returncode": None,
+    }
+    timing["attempts"].append(record)
+    path = run_dir / "timing.json"
+    write_json(path, timing)
+
+    def tick(elapsed: float) -> None:
+        record["seconds"] = round(elapsed, 1)
+        write_json(path, timing)
+
+    start = time.monotonic()
+    try:
+        rc = runner(argv, run_dir / f"{phase}.log", tick)
+    finally:
+        record["seconds"] = round(time.monotonic() - start, 1)
+        write_json(path, timing)
+    record["returncode"] = rc
+    write_json(path, timing)
+    return rc
+
+
+@dataclass
+class Budget:
+    """Start no run once ``limit_s`` is spent, nor one that the mean duration of this
+    invocation's finished runs on the same dataset says would end past it."""
+
+    limit_s: float | None
+    start: float = field(default_factory=time.monotonic)
+    durations: dict[str, list[float]] = field(default_factory=dict)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def record(self, dataset: str, seconds: float) -> None:
+        self.durations.setdefault(dataset, []).append(seconds)
+
+    def refusal(self, dataset: str) -> str | None:
+        if self.limit_s is None:
+            return None
+        spent = self.elapsed()
+        if spent >= self.limit_s:
+            return f"time budget spent ({spent / 60:.1f} of {self.limit_s / 60:.1f} min)"
+        past = self.durations.get(dataset)
+        if past and spent + statistics.mean(past) > self.limit_s:
+            return (f"{self.limit_s / 60 - spent / 60:.1f} min of budget left, runs on {dataset} took "
+                    f"{statistics.mean(past) / 60:.1f} min on average")
+        return None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    run: str
+    status: str  # done | skipped | failed | deferred | stale
+    message: str = ""
+
+
+def process_run(run: RunSpec, s: Settings, device: str, budget: Budget, runner: Runner,
+                show: Callable[[str], None] = print) -> Outcome:
+    d = s.run_dir(run)
+    try:
+        planned = planned_config(run, s)
+    except SweepPending as e:
+        show(f"[{run.key}] not started: {e}")
+        return Outcome(run.key, "deferred", str(e))
+    state = inspect_run(d, planned, run.kind)
+    if state.stale:
+        msg = (f"{d} holds a run with a different config ({', '.join(state.stale[:6])}); "
+               "use another --out or remove that directory")
+        show(f"[{run.key}] STALE: {msg}")
+        return Outcome(run.key, "stale", msg)
+    if state.done:
+        show(f"[{run.key}] done, skipped")
+        return Outcome(run.key, "skipped")
+    refusal = budget.refusal(f"{run.dataset} {run.kind}")
+    if refusal:
+        show(f"[{run.key}] not started: {refusal}")
+        return Outcome(run.key, "deferred", refusal)
+    d.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    if run.kind == "baseline":  # nothing to train: the evaluation rebuilds the encoder from this config
+        (d / "config.yaml").write_text(yaml.safe_dump(planned, sort_keys=False))
+    train = [] if state.trained or run.kind == "baseline" else [("train", train_command(run, s, resume=state.checkpoint))]
+    phases = train + ([("eval", eval_command(run, s))] if run.eval_args is not None else [])
+    for phase, argv in phases:
+        if phase == "eval" and (d / "metrics.json").is_file():
+            break
+        show(f"[{run.key}] {phase}{' (resuming)' if '--resume' in argv else ''}: {display(argv, s.python)}")
+        rc = attempt(d, phase, argv, device, runner, s.python)
+        expected = d / ("summary.json" if phase == "train" else "metrics.json")
+        if rc != 0 or not expected.is_file():
+            why = f"exit {rc}" if rc != 0 else f"exit 0 but no {expected.name}"
+            show(f"[{run.key}] FAILED in {phase} ({why}); last lines of {d / f'{phase}.log'}:\n{tail(d / f'{phase}.log')}")
+            return Outcome(run.key, "failed", f"{phase}: {why}")
+    budget.record(f"{run.dataset} {run.kind}", time.monotonic() - start)
+    show(f"[{run.key}] finished in {time.monotonic() - start:.0f} s")
+    return Outcome(run.key, "done")
+
+
+def sweep_scores(plan: Plan, s: Settings, dataset: str, preset: str) -> dict[float, float | None]:
+    """base lr -> holdout NN of the finished (and not stale) sweep runs of ``preset``."""
+    if s.scale.sweep is None:
+        return {}
+    out: dict[float, float | None] = {}
+    for lr in s.scale.sweep.lrs:
+        key = f"{dataset}/{sweep_name(preset, lr)}"
+        run = next((r for r in plan.runs if r.key == key), None)
+        if run is None:
+            return {}
+        d = s.run_dir(run)
+        summary = read_json(d / "summary.json") if inspect_run(d, planned_config(run, s), "sweep").done else None
+        nn = summary.get("nn") if isinstance(summary, dict) else None
+        out[lr] = float(nn) if isinstance(nn, (int, float)) else None
+    return out
+
+
+def pick_lrs(plan: Plan, s: Settings) -> dict[str, float]:
+    """"dataset/preset" -> the swept base lr with the best holdout NN (ties: the smaller lr),
+    for every preset whose sweep has finished."""
+    picked = {}
+    for dataset, preset in dict.fromkeys((r.dataset, r.preset) for r in plan.runs if r.kind == "sweep"):
+        scores = sweep_scores(plan, s, dataset, preset)
+        if scores and all(v is not None for v in scores.values()):
+            picked[f"{dataset}/{preset}"] = max(sorted(scores), key=lambda lr: scores[lr])
+    return picked
+
+
+def detect_device(processes: int = 1) -> str:
+    """The GPU name(s) from nvidia-smi, else the CPU model."""
+    name = ""
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
+            names = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+            name = names[0] if names else ""
+        except (OSError, subprocess.SubprocessError):
+            name = ""
+    if not name:
+        name = cpu_model() + " (CPU)"
+    return f"{processes} × {name}" if processes > 1 else name
+
+

@@ -1,0 +1,82 @@
+"""What a run directory holds: trained, evaluated, resumable, stale; timings."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..checkpoint import step_dirs
+from ..resume import config_diff
+
+@dataclass(frozen=True)
+class RunState:
+    trained: bool = False  # summary.json
+    evaluated: bool = False  # metrics.json
+    checkpoint: bool = False  # a complete checkpoints/step_* to resume from
+    stale: tuple[str, ...] = ()  # config keys in which the directory's run differs from the plan
+    kind: str = "train"  # RunSpec.kind: a sweep run is done once trained, a baseline once evaluated
+
+    @property
+    def done(self) -> bool:
+        finished = {"sweep": self.trained, "baseline": self.evaluated}.get(self.kind, self.trained and self.evaluated)
+        return finished and not self.stale
+
+
+def inspect_run(run_dir: Path, planned: Mapping[str, Any] | None = None, kind: str = "train", ignore: Sequence[str] = ()) -> RunState:
+    stale: tuple[str, ...] = ()
+    saved = run_dir / "config.yaml"
+    if planned is not None and saved.is_file():
+        stale = tuple(config_diff(yaml.safe_load(saved.read_text()) or {}, planned, ignore))
+    return RunState(
+        trained=(run_dir / "summary.json").is_file(),
+        evaluated=(run_dir / "metrics.json").is_file(),
+        checkpoint=bool(step_dirs(run_dir)),
+        stale=stale,
+        kind=kind,
+    )
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def load_timing(run_dir: Path) -> dict[str, Any]:
+    data = read_json(run_dir / "timing.json")
+    return data if isinstance(data, dict) and isinstance(data.get("attempts"), list) else {"attempts": []}
+
+
+def phase_seconds(timing: Mapping[str, Any], phase: str) -> float:
+    return sum(a.get("seconds") or 0.0 for a in timing["attempts"] if a.get("phase") == phase)
+
+
+def median_images_per_s(run_dir: Path) -> float | None:
+    path = run_dir / "log.jsonl"
+    if not path.is_file():
+        return None
+    rates = []
+    for line in path.read_text().splitlines():
+        try:
+            rate = json.loads(line).get("images_per_s")
+        except (json.JSONDecodeError, AttributeError):
+            continue
+        if isinstance(rate, (int, float)):
+            rates.append(float(rate))
+    return statistics.median(rates) if rates else None
+
+
