@@ -139,6 +139,13 @@ def eval_transform(size: int, cfg: DataConfig) -> T.Compose:
     )
 
 
+def export_data_config(cfg: DataConfig) -> dict[str, Any]:
+    """``eval_transform`` in timm's terms, for an exported encoder's ``config.json``: timm's eval
+    transform with these values resizes and crops exactly as ``eval_transform`` does."""
+    return {"mean": list(cfg.mean), "std": list(cfg.std), "crop_pct": cfg.eval_crop, "crop_mode": "center",
+            "interpolation": "bicubic"}
+
+
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """A seed for one sample's augmentation, fixed by (run seed, epoch, dataset index)."""
     return ((seed * 1_000_003 + epoch) * 10_000_019 + index) % (2**63 - 1)

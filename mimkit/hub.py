@@ -51,9 +51,9 @@ Only when ``name`` is None is the architecture taken from the source's ``config.
 or an exported directory), with its ``model_args`` as defaults under ``timm_kwargs``; with a
 ``name`` the caller defines the model and the source only supplies weights.
 
-``save_pretrained`` writes ``model.safetensors`` + a timm-style ``config.json`` (``architecture``,
-``num_classes``, ``num_features``, ``global_pool``, ``model_args``, ``pretrained_cfg``) that plain
-timm loads (``local-dir:``, ``hf-hub:`` or ``pretrained_cfg_overlay=dict(file=...)``);
+``save_pretrained`` writes ``model.safetensors`` + ``config.json`` with timm's writer (``architecture``,
+``num_classes``, ``num_features``, ``global_pool``, ``model_args``, ``pretrained_cfg`` with the
+run's normalisation, input size and crop) that plain timm loads (``local-dir:``, ``hf-hub:`` or ``pretrained_cfg_overlay=dict(file=...)``);
 ``push_to_hub`` uploads exactly that folder.
 """
 
@@ -87,7 +87,6 @@ except ImportError:  # huggingface_hub < 0.23
 
 __all__ = [
     "CheckpointError",
-    "export_config",
     "load_encoder",
     "push_to_hub",
     "save_pretrained",
@@ -105,7 +104,8 @@ WEIGHT_FILES = (WEIGHTS_FILE, "pytorch_model.bin", "pytorch_model.pth", "model.p
 _WRAPPER_KEYS = ("state_dict", "model", "module")
 _STRIPPED_PREFIXES = ("module.", "_orig_mod.")
 _PREPROCESS_KEYS = ("interpolation", "crop_pct", "crop_mode", "mean", "std")
-_NOT_MODEL_ARGS = frozenset({"device", "dtype", "cache_dir", "pretrained_cfg", "pretrained_cfg_overlay", "pretrained_model_args"})
+# pretrained_cfg entries about the weights a timm model name was first published with, not ours
+_OTHER_WEIGHTS_KEYS = frozenset({"tag", "license", "notes", "paper_ids", "paper_name", "origin_url", "hf_hub_id", "url", "file"})
 _MAX_LISTED = 20
 
 
@@ -542,25 +542,6 @@ def _first_line(e: BaseException) -> str:
 # --------------------------------------------------------------------------- export
 
 
-def export_config(
-    vit: VisionTransformer, name: str | None = None, pretrained_cfg: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
-    """The timm-style config.json of ``vit``: the keys ``timm.models.save_for_hf`` writes, without
-    the metadata of the weights it was first built for (url, Hub id, tag, license).
-
-    ``model_args`` holds every constructor argument needed to rebuild the same shapes;
-    ``pretrained_cfg`` entries (e.g. ``mean`` / ``std``) override the exported ones.
-    """
-    return {
-        "architecture": _export_architecture(vit, name),
-        "num_classes": vit.num_classes,
-        "num_features": vit.num_features,
-        "global_pool": vit.global_pool,
-        "model_args": _model_args(vit),
-        "pretrained_cfg": _export_pretrained_cfg(vit, pretrained_cfg or {}),
-    }
-
-
 def _export_architecture(vit: VisionTransformer, name: str | None) -> str:
     """``name`` without a pretrained tag; a sourced name (``hf-hub:...``) defers to the model's own record."""
     recorded = (getattr(vit, "pretrained_cfg", None) or {}).get("architecture")
@@ -573,59 +554,12 @@ def _export_architecture(vit: VisionTransformer, name: str | None) -> str:
     return arch
 
 
-def _model_args(vit: VisionTransformer) -> dict[str, Any]:
-    """The constructor arguments timm recorded (drop rates and runtime ones left out), over which
-    the shapes read off the modules win."""
-    recorded = {
-        k: v for k, v in (getattr(vit, "_model_args", None) or {}).items() if k not in _NOT_MODEL_ARGS and not k.endswith("drop_rate")
-    }
-    unserialisable = [k for k, v in recorded.items() if not _is_json(v)]
-    if unserialisable:
-        _logger.warning("config.json leaves out model args that JSON cannot hold: %s", ", ".join(unserialisable))
-    recorded = {k: v for k, v in recorded.items() if k not in unserialisable}
-    pe = vit.patch_embed
-    ph, pw = pe.patch_size
-    shape = {
-        "img_size": list(pe.img_size),
-        "patch_size": ph if ph == pw else [ph, pw],
-        "in_chans": pe.proj.in_channels,
-        "embed_dim": vit.embed_dim,
-        "depth": len(vit.blocks),
-        "num_heads": vit.blocks[0].attn.num_heads,
-        "num_classes": vit.num_classes,
-        "global_pool": vit.global_pool,
-    }
-    return {**recorded, **shape}
-
-
-def _export_pretrained_cfg(vit: VisionTransformer, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    source = getattr(vit, "pretrained_cfg", None) or {}
-    h, w = vit.patch_embed.img_size
-    fixed = bool(getattr(vit.patch_embed, "strict_img_size", True)) and not vit.dynamic_img_size
-    cfg = {k: _jsonable(source[k]) for k in _PREPROCESS_KEYS if source.get(k) is not None}
-    cfg.update(
-        input_size=[vit.patch_embed.proj.in_channels, h, w],
-        fixed_input_size=fixed,
-        num_classes=vit.num_classes,
-        pool_size=None,
-        first_conv="patch_embed.proj",
-        classifier="head",
-        custom_load=False,
-    )
-    cfg.update({k: _jsonable(v) for k, v in overrides.items()})
-    return cfg
-
-
-def _is_json(value: Any) -> bool:
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
-def _jsonable(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
+def _shape_args(vit: VisionTransformer) -> dict[str, Any]:
+    """The shapes read off the modules, which win over the constructor arguments timm recorded
+    (timm adds img_size, in_chans, num_classes and global_pool itself)."""
+    ph, pw = vit.patch_embed.patch_size
+    return {"patch_size": ph if ph == pw else [ph, pw], "embed_dim": vit.embed_dim, "depth": len(vit.blocks),
+            "num_heads": vit.blocks[0].attn.num_heads}
 
 
 def save_pretrained(
@@ -633,23 +567,30 @@ def save_pretrained(
     out_dir: str | os.PathLike[str],
     name: str | None = None,
     *,
-    pretrained_cfg: Mapping[str, Any] | None = None,
+    data_config: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write ``model.safetensors`` (timm names) and a timm-style ``config.json`` into ``out_dir``.
+    """Write ``model.safetensors`` (timm names) and ``config.json`` into ``out_dir`` with timm's own
+    writer (``timm.models.save_for_hf``).
 
     name: the timm architecture to record; None uses the one the model was built as.
-    pretrained_cfg: entries for config.json's ``pretrained_cfg`` (e.g. ``mean`` / ``std``).
+    data_config: the preprocessing the weights expect (``mean``, ``std``, ``crop_pct``,
+        ``crop_mode``, ``interpolation``; ``mimkit.data.export_data_config`` gives a run's), so
+        that ``timm.data.resolve_data_config`` on the loaded model normalises as the run did. What
+        is not given keeps the model's own values; the tag and licence of other weights are dropped.
 
     Loads back with ``load_encoder(out_dir)``, ``timm.create_model(f"local-dir:{out_dir}",
     pretrained=True)``, or ``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=
     dict(file=str(out_dir / "model.safetensors")), **model_args)``.
     """
     out = Path(out_dir)
-    config = export_config(vit, name, pretrained_cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in vit.state_dict().items()}
-    safetensors.torch.save_file(state, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
-    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    own = getattr(vit, "pretrained_cfg", None) or {}
+    arch = _export_architecture(vit, name)
+    vit.pretrained_cfg = {**{k: v for k, v in own.items() if k not in _OTHER_WEIGHTS_KEYS}, "architecture": arch}
+    try:
+        timm.models.save_for_hf(vit, str(out), model_args=_shape_args(vit), safe_serialization=True,
+                                data_config=dict(data_config or {}))
+    finally:
+        vit.pretrained_cfg = own
     return out
 
 
@@ -681,7 +622,7 @@ def push_to_hub(
     commit_message: str = "Add mimkit encoder",
     *,
     revision: str | None = None,
-    pretrained_cfg: Mapping[str, Any] | None = None,
+    data_config: Mapping[str, Any] | None = None,
 ) -> Any:
     """Upload the :func:`save_pretrained` folder (plus a model card when the repo has none).
 
@@ -691,7 +632,7 @@ def push_to_hub(
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     has_card = api.file_exists(repo_id=repo_id, filename="README.md", revision=revision)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = save_pretrained(vit, tmp, name, pretrained_cfg=pretrained_cfg)
+        folder = save_pretrained(vit, tmp, name, data_config=data_config)
         if not has_card:
             config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
             (folder / "README.md").write_text(_model_card(repo_id, config), encoding="utf-8")

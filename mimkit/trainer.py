@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from . import checkpoint as ckpt
 from .augment import finish_batch
 from .config import ConfigError, RunConfig, TrainConfig, flatten
-from .data import collate, load_splits, train_transform
+from .data import collate, export_data_config, load_splits, train_transform
 from .eval.monitor import build_monitor
 from .model import MIMModel, build_model
 from .precision import bf16_is_emulated, default_device_type, resolve_precision
@@ -566,7 +566,8 @@ class Trainer:
             from .hub import save_pretrained
 
             log.info("exporting the encoder to %s", self.out / "encoder")
-            save_pretrained(self.core.encoder.vit, self.out / "encoder", name=self.cfg.model.name)
+            save_pretrained(self.core.encoder.vit, self.out / "encoder", name=self.cfg.model.name,
+                            data_config=export_data_config(self.cfg.data))
             (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
         self.accelerator.wait_for_everyone()
         self.accelerator.end_training()

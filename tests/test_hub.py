@@ -17,7 +17,7 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from torch import Tensor, nn
 
-from mimkit.hub import CheckpointError, export_config, load_encoder, push_to_hub, save_pretrained, source_architecture
+from mimkit.hub import CheckpointError, load_encoder, push_to_hub, save_pretrained, source_architecture
 
 from .hub_fixtures import (
     ARCH,
@@ -227,16 +227,23 @@ def test_training_output_dir_with_encoder_subdir(tmp_path: Path) -> None:
     assert_state_equal(load_encoder(tmp_path / "run"), vit.state_dict())
 
 
-def test_export_name_and_pretrained_cfg_overrides(tmp_path: Path) -> None:
+def test_export_name_and_data_config(tmp_path: Path) -> None:
     vit = tiny_vit(8)
-    config = export_config(vit, "vit_small_patch16_224.augreg_in21k", {"mean": (0.485, 0.456, 0.406)})
-    assert config["architecture"] == "vit_small_patch16_224"
-    assert config["pretrained_cfg"]["mean"] == [0.485, 0.456, 0.406]
+    imagenet = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "crop_pct": 1.0}
+    out = save_pretrained(vit, tmp_path / "small", name="vit_small_patch16_224.augreg_in21k", data_config=imagenet)
+    config = json.loads((out / "config.json").read_text())
+    assert config["architecture"] == "vit_small_patch16_224"  # the tag describes other weights
+    assert "tag" not in config["pretrained_cfg"] and "license" not in config["pretrained_cfg"]
+    assert_state_equal(load_encoder(out), vit.state_dict())  # model_args rebuild the tiny shapes
+    # timm's own preprocessing resolution reads the exported normalisation and crop back
+    loaded = timm.create_model(f"local-dir:{out}", pretrained=True)
+    resolved = timm.data.resolve_data_config({}, model=loaded)
+    assert [list(resolved["mean"]), list(resolved["std"]), resolved["crop_pct"]] == [imagenet["mean"], imagenet["std"], 1.0]
+    assert resolved["input_size"] == (3, *vit.patch_embed.img_size)
     with pytest.raises(ValueError, match="not a timm model"):
         save_pretrained(vit, tmp_path / "x", name="no_such_vit")
-    assert export_config(vit, f"hf-hub:{REPO}")["architecture"] == ARCH  # the architecture the model records
-    out = save_pretrained(vit, tmp_path / "small", name="vit_small_patch16_224")
-    assert_state_equal(load_encoder(out), vit.state_dict())  # model_args rebuild the tiny shapes
+    hub_named = save_pretrained(vit, tmp_path / "hub", name=f"hf-hub:{REPO}")
+    assert json.loads((hub_named / "config.json").read_text())["architecture"] == ARCH  # the architecture the model records
 
 
 # --------------------------------------------------------------------------- Hugging Face cache

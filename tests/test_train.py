@@ -6,8 +6,9 @@ import shutil
 import pytest
 import timm
 import torch
+import yaml
 
-from .runs import TINY, losses, read_log, run_subprocess, run_train
+from .runs import TINY, cli_module, losses, read_log, run_subprocess, run_train
 
 
 def test_end_to_end_writes_log_checkpoint_and_timm_loadable_encoder(tmp_path):
@@ -20,7 +21,16 @@ def test_end_to_end_writes_log_checkpoint_and_timm_loadable_encoder(tmp_path):
     assert ckpts == ["step_00000002", "step_00000004"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 4 and 0.0 <= summary["nn"] <= 100.0
-    assert (out / "config.yaml").is_file()
+    # the export carries the run's own normalisation and crop (not timm's defaults for the name)
+    exported = json.loads((out / "encoder" / "config.json").read_text())["pretrained_cfg"]
+    data = yaml.safe_load((out / "config.yaml").read_text())["data"]
+    assert (exported["mean"], exported["std"], exported["crop_pct"]) == (data["mean"], data["std"], data["eval_crop"])
+    assert exported["mean"] != [0.5, 0.5, 0.5]
+    # `mimkit push RUN --to DIR` writes the same export, loadable through timm's local-dir: convention
+    assert cli_module("push").main([str(out), "--to", str(tmp_path / "pushed")]) == 0
+    assert json.loads((tmp_path / "pushed" / "config.json").read_text())["pretrained_cfg"] == exported
+    pushed = timm.create_model(f"local-dir:{tmp_path / 'pushed'}", pretrained=True)
+    torch.testing.assert_close(pushed.blocks[0].attn.qkv.weight, timm.create_model(f"local-dir:{out / 'encoder'}", pretrained=True).blocks[0].attn.qkv.weight)
     # the exported encoder loads in plain timm and equals the trained context encoder
     vit = timm.create_model(
         "vit_tiny_patch16_224", pretrained=True, num_classes=0, img_size=32, patch_size=4, embed_dim=64, depth=2,
