@@ -15,6 +15,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import mimkit
 
+from mimkit.bench.step import make_runner
+
 from .runs import cli_module, load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
@@ -128,7 +130,7 @@ def test_optimisations_switch_off_one_at_a_time(bench: ModuleType, capsys: pytes
 def test_math_attention_switch_runs_the_math_kernel(bench: ModuleType) -> None:
     args = bench.parse_args(TINY + ["--attn", "math"])
     cfg = mimkit.load_config("latent_mim+tiny")
-    runner = bench.make_runner(cfg, args, 4, "none")
+    runner = make_runner(cfg, args, 4, "none")
     seen: set[str] = set()
 
     class Ops(torch.utils._python_dispatch.TorchDispatchMode):

@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("mimkit.cli.compare", "evaluate several runs on the same images: a table, a CSV and a chart"),
     "segment": ("mimkit.cli.segment", "unsupervised segmentation by clustering patch tokens, as a picture sheet"),
     "push": ("mimkit.cli.push", "export an encoder with its run's preprocessing to a folder or a Hub repo"),
-    "bench": ("mimkit.cli.bench", "training-step throughput, FLOPs and where the time of a step goes"),
+    "bench": ("mimkit.bench.cli", "training-step throughput, FLOPs and where the time of a step goes"),
     "reproduce": ("mimkit.reproduce.cli", "the papers' comparisons at small scale, resumable, written as a document"),
 }
 
