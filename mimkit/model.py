@@ -127,11 +127,23 @@ class MIMModel(nn.Module):
 
     def forward_split(self, patches: Tensor, visible_idx: Tensor, target_idx: Tensor, progress: float | Tensor = 0.0) -> dict[str, Tensor]:
         """The step after masking, for callers that choose the split themselves (tests, tools)."""
+        ctx = self.context(patches, visible_idx, target_idx, progress)
+        out: dict[str, Tensor] = {}
+        total = ctx.tokens.new_zeros((), dtype=torch.float32)
+        for name, head in self.heads.items():
+            res = head(ctx)
+            total = total + self.weights[name] * res[f"{name}/loss"]
+            out.update({k: v if k.endswith("/loss") else v.detach() for k, v in res.items()})
+        out["loss"] = total
+        return out
+
+    def context(self, patches: Tensor, visible_idx: Tensor, target_idx: Tensor, progress: float | Tensor = 0.0) -> Context:
+        """What every head reads: the context encoder's tokens of the visible cells and, when there
+        is a target encoder, its latents of the target cells. patches: (B, L, C*P*P)."""
         if not isinstance(progress, Tensor):
             progress = torch.full((), float(progress), device=patches.device)
-        tokens = self.encoder(gather_tokens(patches, visible_idx), visible_idx)  # (B, p+Nv, D)
-        ctx = Context(
-            tokens=tokens,
+        return Context(
+            tokens=self.encoder(gather_tokens(patches, visible_idx), visible_idx),  # (B, p+Nv, D)
             num_prefix=self.encoder.num_prefix,
             visible_idx=visible_idx,
             target_idx=target_idx,
@@ -140,14 +152,6 @@ class MIMModel(nn.Module):
             progress=progress,
             targets=self.target(self.encoder, patches, target_idx) if self.target is not None else None,
         )
-        out: dict[str, Tensor] = {}
-        total = tokens.new_zeros((), dtype=torch.float32)
-        for name, head in self.heads.items():
-            res = head(ctx)
-            total = total + self.weights[name] * res[f"{name}/loss"]
-            out.update({k: v if k.endswith("/loss") else v.detach() for k, v in res.items()})
-        out["loss"] = total
-        return out
 
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -14,8 +15,16 @@ from mimkit.weights import init_weights
 
 from .base import Context, Objective
 from .decoders import build_decoder
-from .losses import mean_pairwise_cosine, reconstruction_loss, similarity_regularizer
+from .losses import mean_pairwise_cosine, reconstruction_loss, retrieval_top1, similarity_regularizer
 from .projector import build_projector, projector_dim
+
+
+class LatentPrediction(NamedTuple):
+    pred: Tensor  # (B, Nt, Dout) the decoder's predictions at the target cells
+    target: Tensor  # (B, Nt, Dout) the projected target latents of those cells
+    visible: Tensor  # (B, Nv, Dout) the projected context latents of the visible cells
+    pred_cls: Tensor | None  # (B, Dout) the CLS query's prediction, when the decoder has one
+    target_cls: Tensor  # (B, Dout) the projected target CLS
 
 
 class LatentObjective(Objective):
@@ -63,11 +72,15 @@ class LatentObjective(Objective):
             x = proj(x)
         return x[:, 1:], x[:, 0]
 
-    def forward(self, ctx: Context) -> dict[str, Tensor]:
+    def predict(self, ctx: Context) -> LatentPrediction:
+        """The predictions at the target cells beside their targets, before any loss."""
         z = self.projector(ctx.tokens)  # (B, p+Nv, Dout)
         pred, pred_cls = self.decoder(z, ctx.visible_idx, ctx.target_idx, ctx.num_prefix)  # (B, Nt, Dout)
         target, target_cls = self.project_targets(ctx)  # (B, Nt, Dout), (B, Dout)
-        z_vis = z[:, ctx.num_prefix :]  # (B, Nv, Dout)
+        return LatentPrediction(pred, target, z[:, ctx.num_prefix :], pred_cls, target_cls)
+
+    def forward(self, ctx: Context) -> dict[str, Tensor]:
+        pred, target, z_vis, pred_cls, target_cls = self.predict(ctx)
 
         rec = self.loss_fn(pred, target)
         loss = rec
@@ -83,6 +96,7 @@ class LatentObjective(Objective):
             out["latent/sim_pred"] = mean_pairwise_cosine(pred).mean()
             out["latent/sim_visible"] = mean_pairwise_cosine(z_vis).mean()
             out["latent/sim_target"] = mean_pairwise_cosine(target).mean()
+            out["latent/retrieval_top1"] = retrieval_top1(pred, target)
             if ctx.visible.shape[0] > 1:  # the paper's "Sim": across images, of mean-pooled encoder latents
                 out["latent/sim_images"] = mean_pairwise_cosine(ctx.visible.mean(1))
         if self.publish_cls:

@@ -51,11 +51,24 @@ def patch_disc(pred: Tensor, target: Tensor, tau: float = 0.2) -> Tensor:
     the patch axis; the mean cross-entropy is scaled by 2 tau.
     """
     B, N, _ = pred.shape
-    p = F.normalize(standardize_patches(pred), dim=-1)  # (B, N, D)
-    t = F.normalize(target.float(), dim=-1)  # (B, N, D)
-    logits = torch.bmm(p, t.transpose(1, 2)) / tau  # (B, N, N)
+    logits = retrieval_cosines(pred, target) / tau  # (B, N, N)
     labels = torch.arange(N, device=pred.device).expand(B, N)
     return F.cross_entropy(logits.flatten(0, 1), labels.flatten()) * (2 * tau)
+
+
+def retrieval_cosines(pred: Tensor, target: Tensor) -> Tensor:
+    """(B, N, N) cosines between each standardised prediction and every target of its image,
+    as patch discrimination compares them (its logits times tau)."""
+    p = F.normalize(standardize_patches(pred.float()), dim=-1)  # (B, N, D)
+    t = F.normalize(target.float(), dim=-1)  # (B, N, D)
+    return torch.bmm(p, t.transpose(1, 2))
+
+
+def retrieval_top1(pred: Tensor, target: Tensor) -> Tensor:
+    """The share of predictions whose most similar target among their image's targets is their
+    own: how well the patch-discrimination task is solved (1/N by chance)."""
+    hits = retrieval_cosines(pred, target).argmax(-1) == torch.arange(pred.shape[1], device=pred.device)  # (B, N)
+    return hits.float().mean()
 
 
 LossFn = Callable[[Tensor, Tensor], Tensor]

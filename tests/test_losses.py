@@ -108,3 +108,14 @@ def test_registry_rejects_unknown_loss():
     assert reconstruction_loss("l1")(PRED, ZERO).item() == pytest.approx(2.5)
     with pytest.raises(ValueError, match="objectives.latent.loss"):
         reconstruction_loss("cosine")
+
+
+def test_retrieval_top1_by_hand():
+    # one image, 3 targets: standardised predictions 0 and 1 point at their own targets, 2 at target 0
+    target = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]]])
+    pred = torch.tensor([[[3.0, 0.0], [0.0, 3.0], [2.9, 0.5]]])
+    # standardised over the 3 patches: column means (1.9667, 1.1667) -> rows point (+,-), (-,+), (+,-)
+    from mimkit.objectives.losses import retrieval_top1
+
+    assert retrieval_top1(pred, target).item() == pytest.approx(2 / 3)
+    assert retrieval_top1(target, target).item() == 1.0

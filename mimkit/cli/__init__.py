@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("mimkit.cli.evaluate", "score a frozen encoder: NN, k-NN, linear probe, few-shot, Sim"),
     "compare": ("mimkit.cli.compare", "evaluate several runs on the same images: a table, a CSV and a chart"),
     "segment": ("mimkit.cli.segment", "unsupervised segmentation by clustering patch tokens, as a picture sheet"),
+    "show": ("mimkit.cli.show", "pictures: pixel reconstructions, latent retrieval maps, feature PCA maps, curves"),
     "push": ("mimkit.cli.push", "export an encoder with its run's preprocessing to a folder or a Hub repo"),
     "bench": ("mimkit.bench.cli", "training-step throughput, FLOPs and where the time of a step goes"),
     "reproduce": ("mimkit.reproduce.cli", "the papers' comparisons at small scale, resumable, written as a document"),
