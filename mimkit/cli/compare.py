@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ..eval.cli import USER_ERRORS, evaluate_checkpoint, fail, progress_printer, suite_config, write_json
     from ..eval.runs import HUB_PREFIXES, local_path
-    from ..eval.report import arrange, bar_chart, csv_text, markdown_table, row_from_metrics
+    from ..eval.report import arrange, csv_text, markdown_table, row_from_metrics
 
     out = Path(args.out)
     for item in args.inputs:
@@ -86,9 +86,16 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.md").write_text(markdown_table(rows))
     (out / "compare.csv").write_text(csv_text(rows))
-    bar_chart(rows).save(out / "compare.png")
+    from ..viz import VizError
+    from ..viz.bars import bar_chart
+
+    written = [out / "compare.md", out / "compare.csv"]
+    try:
+        written.append(bar_chart(rows, out / "compare.png"))
+    except VizError as e:  # matplotlib missing: the table and the CSV stand on their own
+        print(f"note: no compare.png: {e}", file=sys.stderr)
     print(markdown_table(rows))
-    print(f"wrote {out / 'compare.md'}, {out / 'compare.csv'}, {out / 'compare.png'}", file=sys.stderr)
+    print(f"wrote {', '.join(map(str, written))}", file=sys.stderr)
     return 0
 
 

@@ -78,7 +78,7 @@ def make_sheet(args: argparse.Namespace):
     from ..data import ImageDataset, eval_transform, load_splits
     from ..eval.features import native_size
     from ..eval.runs import data_config, load_run, normalization
-    from ..eval.segmentation import segmentation_sheet
+    from ..eval.segmentation import segmentation_rows
 
     run = load_run(args.checkpoint, args.model)
     dcfg = data_config(run, args.data, image_column=args.image_column, mean=args.mean, std=args.std)
@@ -91,7 +91,7 @@ def make_sheet(args: argparse.Namespace):
     dataset = ImageDataset(splits.data[split], splits.image_column, None, eval_transform(size, dcfg))
     images = pick_images(dataset, args.num_images, args.seed)  # (B, 3, S, S)
     print(f"{run.label}: {len(images)} images of {dcfg.source}[{split}] at {size} px, {args.clusters} clusters", file=sys.stderr)
-    return segmentation_sheet(
+    return run.label, segmentation_rows(
         run.vit, images, mean, std, n_clusters=args.clusters, linkage=args.linkage, norm=args.norm == "post",
         cell=args.cell, alpha=args.alpha, with_map=args.map,
     )
@@ -103,14 +103,17 @@ def main(argv: list[str] | None = None) -> int:
     from ..eval.cli import USER_ERRORS, check_model_arguments
 
     check_model_arguments(args)
+    from ..viz import VizError
+    from ..viz.sheet import image_sheet
+
     try:
-        sheet = make_sheet(args)
-    except USER_ERRORS as e:
+        label, (rows, titles) = make_sheet(args)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        image_sheet(rows, titles, out, label, cell=args.cell / 100)
+    except (*USER_ERRORS, VizError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

@@ -24,12 +24,12 @@ Collapse diagnostics (``collapse``)
 
 Segmentation (``segmentation``)
     agglomerative(x, n_clusters, linkage="ward"|"average") -> (L,) labels;  segment_tokens(tokens, grid, n) -> (g, g)
-    overlay(image, labels) -> PIL image;  segmentation_sheet(vit, images, mean, std, n_clusters, ...) -> PIL image
+    overlay(image, labels) -> PIL image;  segmentation_rows(vit, images, mean, std, n_clusters, ...) -> rows of PIL images, titles
 
 Everything at once (``suite``), checkpoints (``runs``), reports (``report``), scripts (``cli``)
     run_suite(vit, eval_data, train_data, SuiteConfig(...), accelerator=None) -> dict (nn, knn, linear, fewshot, sim, ..., meta)
     load_run(checkpoint, model=None) -> Run;  load_eval_data(DataConfig, image_size, max_train, max_eval) -> EvalData
-    markdown_table / csv_text / bar_chart(rows) for mimkit compare
+    markdown_table / csv_text for mimkit compare (its chart: mimkit.viz.bars)
 
 Accuracy goes through the ``evaluate`` metric shipped in ``mimkit/metrics`` (``scoring.top1``,
 ``scoring.load_metric``), loaded by local path.

@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
@@ -108,33 +108,7 @@ def denormalize(image: Tensor, mean: list[float], std: list[float]) -> Image.Ima
     return Image.fromarray(x.permute(1, 2, 0).cpu().numpy(), "RGB")
 
 
-def grid_figure(
-    rows: list[list[Image.Image]], titles: list[str] | None = None, pad: int = 6, background: tuple[int, int, int] = (255, 255, 255)
-) -> Image.Image:
-    """Paste rows of equally sized images into one sheet, with optional column titles on top."""
-    if not rows or not rows[0]:
-        raise ValueError("grid figure: no images")
-    w, h = rows[0][0].size
-    ncols = max(len(r) for r in rows)
-    title_h = 24 if titles else 0
-    sheet = Image.new("RGB", (ncols * (w + pad) + pad, title_h + len(rows) * (h + pad) + pad), background)
-    draw = ImageDraw.Draw(sheet)
-    for c, title in enumerate(titles or []):
-        draw.text((pad + c * (w + pad) + w // 2, title_h // 2 + 2), title, fill=(0, 0, 0), font=_font(14), anchor="mm")
-    for r, row in enumerate(rows):
-        for c, img in enumerate(row):
-            sheet.paste(img if img.size == (w, h) else img.resize((w, h), Image.NEAREST), (pad + c * (w + pad), title_h + pad + r * (h + pad)))
-    return sheet
-
-
-def _font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):
-        return ImageFont.load_default()
-
-
-def segmentation_sheet(
+def segmentation_rows(
     vit: VisionTransformer,
     images: Tensor,
     mean: list[float],
@@ -145,9 +119,10 @@ def segmentation_sheet(
     cell: int = 160,
     alpha: float = 0.5,
     with_map: bool = False,
-) -> Image.Image:
-    """Rows of original | segmentation (| cluster map) for normalised images (B, 3, S, S) at the
-    encoder's native size."""
+) -> tuple[list[list[Image.Image]], list[str]]:
+    """(rows, column titles): original | segmentation (| cluster map) per normalised image
+    (B, 3, S, S) at the encoder's native size, each ``cell`` px wide (drawn by
+    ``mimkit.viz.sheet.image_sheet``)."""
     device = next(vit.parameters()).device
     was_training = vit.training
     vit.eval()
@@ -166,4 +141,4 @@ def segmentation_sheet(
             row.append(colorize(labels, cell))
         rows.append(row)
     titles = ["image", f"{k} clusters ({linkage})"] + (["clusters"] if with_map else [])
-    return grid_figure(rows, titles)
+    return rows, titles

@@ -10,9 +10,10 @@ from torch import Tensor
 
 from ..masking import gather_tokens
 from ..model import MIMModel
-from . import VizError, pyplot
+from . import VizError
 from .grid import place_patches, to_display
 from .masked import MaskedStep, masked_step
+from .sheet import image_sheet
 
 COLUMNS = ("original", "masked input", "prediction", "prediction + visible")
 
@@ -45,19 +46,6 @@ def reconstruct(model: MIMModel, images: Tensor, seed: int) -> dict[str, Tensor]
 
 
 def draw_recon(columns: dict[str, Tensor], mean: list[float], std: list[float], title: str, out: Path) -> Path:
-    plt = pyplot()
-    shown = {k: to_display(v, mean, std) for k, v in columns.items()}
-    rows = shown["original"].shape[0]
-    fig, axes = plt.subplots(rows, len(COLUMNS), figsize=(2 * len(COLUMNS), 2 * rows + 0.4), squeeze=False, layout="constrained")
-    for r in range(rows):
-        for c, name in enumerate(COLUMNS):
-            ax = axes[r][c]
-            ax.imshow(shown[name][r].numpy(), interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(name, fontsize=9)
-    fig.suptitle(title, fontsize=10)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    shown = {k: to_display(v, mean, std).numpy() for k, v in columns.items()}
+    rows = [[shown[name][r] for name in COLUMNS] for r in range(len(shown["original"]))]
+    return image_sheet(rows, COLUMNS, out, title)
