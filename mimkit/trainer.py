@@ -26,6 +26,7 @@ from .augment import finish_batch
 from .config import ConfigError, RunConfig, TrainConfig, flatten
 from .data import collate, export_data_config, load_splits, train_transform
 from .eval.monitor import build_monitor
+from .jsonl import read_jsonl
 from .model import MIMModel, build_model
 from .precision import bf16_is_emulated, default_device_type, resolve_precision
 from .schedules import learning_rate, scaled_lr
@@ -232,15 +233,7 @@ class JsonlLog:
 
     def records(self) -> list[dict[str, Any]]:
         """Every complete record (a line cut short by a kill is ignored)."""
-        if not self.path.is_file():
-            return []
-        out = []
-        for line in self.path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return out
+        return read_jsonl(self.path)
 
     def truncate_after(self, step: int) -> None:
         """On resume: drop what a killed run logged past the checkpoint it resumes from."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 import shutil
 from collections.abc import Mapping
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError
+from ..jsonl import read_jsonl
 from .plan import ABLATION_EVAL, BASELINE_LABELS, MAIN_EVAL, PIXELS_EVAL, Plan, RunSpec, Table, WARMUP_FRACTION
 from .commands import Settings, SweepPending, display, eval_command, planned_config, rel, sweep_epochs, train_command
 from .state import RunState, inspect_run, load_timing, median_images_per_s, phase_seconds, read_json
@@ -150,18 +150,8 @@ def sweep_md(plan: Plan, s: Settings) -> list[str]:
 
 def nn_curve(run_dir: Path, batch: int) -> list[tuple[float, float]]:
     """(thousands of images seen, NN) points logged during training (``eval/nn`` in log.jsonl)."""
-    path = run_dir / "log.jsonl"
-    if not path.is_file():
-        return []
-    points = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict) and isinstance(rec.get("eval/nn"), (int, float)):
-            points.append((rec["step"] * batch / 1000, float(rec["eval/nn"])))
-    return points
+    return [(rec["step"] * batch / 1000, float(rec["eval/nn"])) for rec in read_jsonl(run_dir / "log.jsonl")
+            if isinstance(rec.get("eval/nn"), (int, float))]
 
 
 def draw_curves(table: Table, plan: Plan, s: Settings, path: Path) -> bool:

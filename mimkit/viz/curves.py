@@ -3,11 +3,11 @@ latent retrieval, NN during training and images/s; several runs overlay on the s
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..jsonl import read_jsonl
 from . import VizError, pyplot
 
 # panel title -> (which keys it draws, y label)
@@ -25,14 +25,7 @@ def read_log(path: Path) -> list[dict[str, Any]]:
     """The step records of a ``log.jsonl`` (torn lines of a killed run skipped)."""
     if not path.is_file():
         raise VizError(f"curves: {path} does not exist")
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(r, dict) and "step" in r and "event" not in r:
-            records.append(r)
+    records = [r for r in read_jsonl(path) if "step" in r and "event" not in r]
     if not records:
         raise VizError(f"curves: {path} holds no logged steps")
     return records
