@@ -4,11 +4,12 @@ mimkit evaluate) and write a markdown table, a CSV and a bar chart.
     mimkit compare outputs/mae outputs/latent_mim outputs/pilamim --out reports/cmp
     mimkit compare outputs/*/metrics.json --out reports/cmp        # no evaluation
 
-Each input is a metrics JSON file (used as is) or anything --checkpoint of evaluate.py takes
+Each input is a metrics JSON file (used as is) or anything --checkpoint of mimkit evaluate takes
 (evaluated with the options below, its JSON kept in OUT/metrics/). Runs are labelled by the
 preset and objectives of their config.yaml and ordered pixel (MAE), latent (Latent MIM),
 pixel+latent (PiLaMIM), so the pixel and latent variants stand side by side.
-Outputs: OUT/compare.md, OUT/compare.csv, OUT/compare.png.
+Outputs: OUT/compare.md, OUT/compare.csv, OUT/compare.png, and for training runs OUT/curves.png
+(their log.jsonl curves overlaid on the same axes).
 
 Keep decoder depth and width in mind when comparing heads: decoder depth alone moves MAE's
 linear probe by over ten points.
@@ -90,10 +91,15 @@ def main(argv: list[str] | None = None) -> int:
     from ..viz.bars import bar_chart
 
     written = [out / "compare.md", out / "compare.csv"]
+    logs = {Path(i).resolve().name: Path(i) / "log.jsonl" for i in args.inputs if (Path(i) / "log.jsonl").is_file()}
     try:
         written.append(bar_chart(rows, out / "compare.png"))
+        if logs:  # training runs: their curves overlaid
+            from ..viz.curves import draw_curves, read_log
+
+            written.append(draw_curves({name: read_log(path) for name, path in logs.items()}, out / "curves.png"))
     except VizError as e:  # matplotlib missing: the table and the CSV stand on their own
-        print(f"note: no compare.png: {e}", file=sys.stderr)
+        print(f"note: no pictures: {e}", file=sys.stderr)
     print(markdown_table(rows))
     print(f"wrote {', '.join(map(str, written))}", file=sys.stderr)
     return 0
