@@ -112,3 +112,20 @@ def test_curves_overlay_several_runs_and_log_retrieval(tiny_runs, tmp_path):
     _png(tmp_path / "curves.png")
     records = [r for r in read_log(tiny_runs["latent_mim"] / "log.jsonl") if "loss" in r]
     assert len(records) == 4 and all(0.0 <= r["latent/retrieval_top1"] <= 1.0 for r in records)
+
+
+def test_pca_map_colours_the_two_halves_of_an_image_apart():
+    import timm
+
+    from mimkit.viz.pca import pca_rgb
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=0).eval()
+    images = torch.zeros(8, 3, 32, 32)
+    images[:, 0, :, :16] = 2.0  # a red left half
+    images[:, 2, :, 16:] = 2.0  # a blue right half
+    images += 0.05 * torch.randn_like(images)
+    rgb = pca_rgb(vit, images, images[:2])  # (2, 4, 4, 3)
+    left, right = rgb[:, :, :2].mean(dim=(0, 1, 2)), rgb[:, :, 2:].mean(dim=(0, 1, 2))
+    assert rgb.shape == (2, 4, 4, 3)
+    assert (left - right).abs().max() > 0.5  # the first component separates the halves
