@@ -292,7 +292,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _load_layer(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+def load_layer(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"{path}: circular `base:` chain {' -> '.join(map(str, seen + (path,)))}")
@@ -303,7 +303,7 @@ def _load_layer(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     bases = base if isinstance(base, list) else [base]
     merged: dict[str, Any] = {}
     for b in bases:
-        merged = deep_merge(merged, _load_layer(_resolve_preset(str(b), path.parent), seen + (path,)))
+        merged = deep_merge(merged, load_layer(_resolve_preset(str(b), path.parent), seen + (path,)))
     return deep_merge(merged, data)
 
 
@@ -346,7 +346,7 @@ def load_config(preset_or_path: str = "latent_mim", overrides: list[str] | tuple
     """
     raw: dict[str, Any] = {}
     for part in preset_or_path.split("+"):
-        raw = deep_merge(raw, _load_layer(_resolve_preset(part.strip())))
+        raw = deep_merge(raw, load_layer(_resolve_preset(part.strip())))
     raw.pop("preset", None)
     scale = raw.pop("scale", None)
     cfg = from_dict(RunConfig, raw)
@@ -362,12 +362,17 @@ def load_config(preset_or_path: str = "latent_mim", overrides: list[str] | tuple
     return cfg
 
 
-def _overridden(cfg: RunConfig, overrides: list[str] | tuple[str, ...]) -> RunConfig:
+def overrides_tree(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Dotted ``key=value`` overrides as one nested mapping (``preset`` is not overridable)."""
     tail: dict[str, Any] = {}
     for item in overrides:
         tail = deep_merge(tail, parse_override(item))
     tail.pop("preset", None)
-    return from_dict(RunConfig, tail, base=cfg)
+    return tail
+
+
+def _overridden(cfg: RunConfig, overrides: list[str] | tuple[str, ...]) -> RunConfig:
+    return from_dict(RunConfig, overrides_tree(overrides), base=cfg)
 
 
 def apply_overrides(cfg: RunConfig, overrides: list[str] | tuple[str, ...]) -> RunConfig:

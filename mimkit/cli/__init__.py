@@ -17,6 +17,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("mimkit.cli.train", "pretrain a preset (no arguments: the embedded default, sized for a CPU)"),
     "evaluate": ("mimkit.cli.evaluate", "score a frozen encoder: NN, k-NN, linear probe, few-shot, Sim"),
+    "finetune": ("mimkit.cli.finetune", "fine-tune an encoder end to end with a new head (MAE's recipe), top-1 / top-5"),
     "compare": ("mimkit.cli.compare", "evaluate several runs on the same images: a table, a CSV and a chart"),
     "segment": ("mimkit.cli.segment", "unsupervised segmentation by clustering patch tokens, as a picture sheet"),
     "show": ("mimkit.cli.show", "pictures: pixel reconstructions, latent retrieval maps, feature PCA maps, curves"),

@@ -1,0 +1,197 @@
+"""The fine-tuning loop: accelerate, per-step warm-up + cosine lr scaled per layer, mixup / cutmix,
+checkpoints that resume exactly, and ``finetune.json`` with the evaluation split's top-1 / top-5."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from timm.data import Mixup, create_transform
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from .. import checkpoint as ckpt
+from ..config import ConfigError
+from ..data import collate, eval_transform, export_data_config, load_splits
+from ..hub import save_pretrained
+from ..precision import default_device_type, resolve_precision
+from ..schedules import learning_rate, scaled_lr
+from ..trainer import JsonlLog, resolve_trackers
+from .config import FinetuneConfig
+from .model import build_classifier
+
+log = logging.getLogger("mimkit")
+
+
+def make_accelerator(cfg: FinetuneConfig, out: Path) -> Accelerator:
+    mixed = resolve_precision(cfg.train.mixed_precision, default_device_type())
+    return Accelerator(mixed_precision=mixed, log_with=resolve_trackers(cfg.train.trackers) or None,
+                       project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
+
+
+def seeded(transform: Callable[[Any], Tensor]) -> Callable[[Any], Tensor]:
+    """timm's training transform draws from Python's ``random``: seed it from torch's generator,
+    which the dataset seeds per (epoch, index), so augmentations do not depend on workers or resume."""
+
+    def apply(img: Any) -> Tensor:
+        random.seed(int(torch.randint(0, 2**62, (1,)).item()))
+        return transform(img)
+
+    return apply
+
+
+def num_classes_of(splits: Any) -> int:
+    if splits.label_column is None:
+        raise ConfigError(f"data.source: {splits.data[splits.train]} has no label column to fine-tune on (data.label_column)")
+    feature = splits.data[splits.train].features[splits.label_column]
+    names = getattr(feature, "names", None)
+    return len(names) if names else int(max(splits.data[splits.train][splits.label_column])) + 1
+
+
+def layer_decay_optimizer(model: torch.nn.Module, cfg: FinetuneConfig, lr: float) -> torch.optim.Optimizer:
+    """AdamW over timm's layer-decay groups: each group's ``lr_scale`` multiplies the scheduled lr;
+    1-D parameters and position / class tokens are not decayed."""
+    o = cfg.optim
+    return create_optimizer_v2(model, opt="adamw", lr=lr, weight_decay=o.weight_decay, layer_decay=o.layer_decay,
+                               betas=tuple(o.betas))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+@torch.no_grad()
+def top_k(model: torch.nn.Module, loader: DataLoader, accelerator: Accelerator, ks: tuple[int, ...]) -> dict[str, float]:
+    model.eval()
+    hits, total = torch.zeros(len(ks), device=accelerator.device), torch.zeros((), device=accelerator.device)
+    for batch in loader:
+        with accelerator.autocast():
+            logits = model(batch["images"])
+        labels = batch["labels"]
+        ranked = logits.topk(max(ks), dim=1).indices  # (B, max k)
+        for i, k in enumerate(ks):
+            hits[i] += (ranked[:, :k] == labels[:, None]).any(dim=1).sum()
+        total += labels.numel()
+    hits, total = accelerator.reduce(hits, "sum"), accelerator.reduce(total, "sum")
+    model.train()
+    return {f"top{k}": round(100 * float(h) / max(float(total), 1.0), 2) for k, h in zip(ks, hits)}
+
+
+def finetune(cfg: FinetuneConfig, accelerator: Accelerator, out: Path, resume: bool = False) -> dict[str, Any]:
+    o, a = cfg.optim, cfg.aug
+    set_seed(cfg.train.seed)
+    splits = load_splits(cfg.data)
+    classes = num_classes_of(splits)
+    model = build_classifier(cfg.checkpoint, classes, cfg.model)
+    size = model.patch_embed.img_size[0]
+    train_tf = create_transform(size, is_training=True, scale=tuple(a.scale), auto_augment=a.auto_augment, re_prob=a.reprob,
+                                re_mode="pixel", interpolation="bicubic", mean=tuple(cfg.data.mean), std=tuple(cfg.data.std))
+    train_set = splits.dataset(splits.train, seeded(train_tf), seed=cfg.train.seed, on_error="substitute")
+    micro = o.batch_size // accelerator.num_processes
+    if o.batch_size % accelerator.num_processes or len(train_set) < o.batch_size or (micro % 2 and (a.mixup or a.cutmix)):
+        raise ConfigError(f"optim.batch_size: {o.batch_size} must divide over {accelerator.num_processes} processes and fit "
+                          f"the {len(train_set)} training images (an even share per process under mixup / cutmix)")
+    loader = DataLoader(train_set, batch_size=micro, shuffle=True, drop_last=True, num_workers=cfg.data.num_workers,
+                        collate_fn=collate, generator=torch.Generator().manual_seed(cfg.train.seed))
+    eval_loader = None
+    if splits.eval is not None:
+        eval_set = splits.dataset(splits.eval, eval_transform(size, cfg.data))
+        eval_loader = DataLoader(eval_set, batch_size=micro, num_workers=cfg.data.num_workers, collate_fn=collate)
+    peak = scaled_lr(o.base_lr, o.batch_size)
+    optimizer = layer_decay_optimizer(model, cfg, peak)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    if eval_loader is not None:
+        eval_loader = accelerator.prepare(eval_loader)
+    per_epoch = len(loader)
+    total = o.epochs * per_epoch if o.max_steps is None else min(o.epochs * per_epoch, o.max_steps)
+    warmup = min(int(round(o.warmup_epochs * per_epoch)), total)
+    mixup = Mixup(mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, label_smoothing=a.smoothing, num_classes=classes) if a.mixup or a.cutmix else None
+    criterion = SoftTargetCrossEntropy() if mixup else (LabelSmoothingCrossEntropy(a.smoothing) if a.smoothing else torch.nn.CrossEntropyLoss())
+
+    state = ckpt.TrainerState(step=0, epoch=0, batch_in_epoch=0)
+    jsonl = JsonlLog(out / "log.jsonl", accelerator.is_main_process)
+    latest = ckpt.latest_checkpoint(out)
+    if resume and latest is not None:
+        accelerator.load_state(str(latest))
+        state = ckpt.read_state(latest)
+        if accelerator.is_main_process:
+            jsonl.truncate_after(state.step)
+        log.info("resumed from %s at step %d", latest, state.step)
+    elif latest is not None:
+        raise ConfigError(f"train.output_dir: {out} already holds a fine-tuning run; pass --resume or choose another --output")
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "finetune.yaml").write_text(_yaml(cfg))
+    log.info("fine-tuning %s: %d classes, %d steps (%d per epoch), batch %d, peak lr %.3g, layer decay %.2f",
+             cfg.checkpoint, classes, total, per_epoch, o.batch_size, peak, o.layer_decay)
+
+    def save() -> None:
+        staging = ckpt.staging_dir(out, state.step)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(staging))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            ckpt.publish(staging, state, cfg.train.keep_last)
+        accelerator.wait_for_everyone()
+
+    model.train()
+    running: list[Tensor] = []
+    while state.step < total:
+        train_set.set_epoch(state.epoch)
+        loader.set_epoch(state.epoch)
+        batches = accelerator.skip_first_batches(loader, state.batch_in_epoch) if state.batch_in_epoch else loader
+        for batch in batches:
+            lr = learning_rate(state.step, total, warmup, peak, minimum=o.min_lr)
+            set_lr(optimizer, lr)
+            images, labels = batch["images"], batch["labels"]
+            targets = labels
+            if mixup is not None:
+                images, targets = mixup(images, labels)
+            with accelerator.autocast():
+                loss = criterion(model(images), targets)
+            accelerator.backward(loss)
+            if o.clip_grad:
+                accelerator.clip_grad_norm_(model.parameters(), o.clip_grad)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            running.append(loss.detach().float())
+            state.step += 1
+            state.batch_in_epoch += 1
+            if state.step % cfg.train.log_every == 0 or state.step == total:
+                mean = accelerator.reduce(torch.stack(running).mean(), "mean").item()
+                running = []
+                jsonl.write({"step": state.step, "epoch": state.epoch, "loss": mean, "lr": lr})
+            if state.step % cfg.train.save_every == 0 and state.step < total:
+                save()
+            if state.step >= total:
+                break
+        else:
+            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+    save()
+    result: dict[str, Any] = {"checkpoint": cfg.checkpoint, "classes": classes, "steps": total, "epochs": round(total / per_epoch, 3)}
+    if eval_loader is not None:
+        ks = (1, 5) if classes > 5 else (1,)
+        result.update(top_k(model, eval_loader, accelerator, ks), eval_split=splits.eval)
+    if accelerator.is_main_process:
+        save_pretrained(accelerator.unwrap_model(model), out / "classifier", data_config=export_data_config(cfg.data))
+        (out / "finetune.json").write_text(json.dumps(result, indent=1))
+    accelerator.wait_for_everyone()
+    return result
+
+
+def _yaml(cfg: FinetuneConfig) -> str:
+    import dataclasses
+
+    import yaml
+
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
+
