@@ -112,3 +112,27 @@ def test_mixup_run_and_a_missing_checkpoint(tmp_path, exported, capsys):
     assert run_finetune(*FAST, "--checkpoint", str(exported), "optim.max_steps=2", "--output", str(tmp_path / "m")) == 0
     assert run_finetune(*FAST, "--output", str(tmp_path / "n")) == 2
     assert "checkpoint" in capsys.readouterr().err
+
+
+def test_compare_shows_the_fine_tuning_column_only_when_a_run_has_one(tmp_path):
+    from mimkit.cli.compare import finetune_top1
+    from mimkit.eval.report import markdown_table, row_from_metrics
+
+    run = tmp_path / "run"
+    (run / "finetune-micro").mkdir(parents=True)
+    assert finetune_top1(run) is None
+    (run / "finetune-micro" / "finetune.json").write_text(json.dumps({"top1": 61.25, "top5": 95.0}))
+    assert finetune_top1(run) == 61.25
+    plain = row_from_metrics({"nn": 20.0}, "a")
+    assert "fine-tune" not in markdown_table([plain])
+    tuned = row_from_metrics({"nn": 21.0, "finetune": 61.25}, "b")
+    table = markdown_table([plain, tuned])
+    assert "| fine-tune |" in table.splitlines()[0] and "| 61.2 |" in table and "| – |" in table
+
+
+def test_fine_tuning_a_run_writes_beside_it(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("{}")
+    assert load_finetune_config("micro", [f"checkpoint={run}"]).train.output_dir == str(run / "finetune-micro")
+    assert load_finetune_config("micro", ["checkpoint=hf-hub:timm/x"]).train.output_dir == "outputs/finetune-micro"

@@ -51,6 +51,12 @@ def _read_metrics(path: Path) -> dict:
     return data
 
 
+def finetune_top1(run_dir: Path) -> float | None:
+    """The top-1 of the newest ``RUN/finetune-*/finetune.json`` (``mimkit finetune --checkpoint RUN``)."""
+    found = sorted(run_dir.glob("finetune-*/finetune.json"), key=lambda p: p.stat().st_mtime)
+    return json.loads(found[-1].read_text()).get("top1") if found else None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from accelerate import Accelerator
@@ -74,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             accelerator = accelerator or Accelerator(cpu=args.cpu)
             metrics = evaluate_checkpoint(item, args, accelerator, show=progress_printer(accelerator.is_main_process))
+            metrics.setdefault("finetune", finetune_top1(path))
             row = row_from_metrics(metrics, _slug(item))
             if accelerator.is_main_process:
                 write_json(metrics, out / "metrics" / f"{len(rows):02d}_{_slug(metrics['meta']['run']['name'])}.json")

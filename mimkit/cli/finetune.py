@@ -3,7 +3,7 @@
     mimkit finetune --checkpoint outputs/default --data embedded            # the micro preset, CPU-sized
     mimkit finetune --preset micro64 --checkpoint outputs/latent_mim+micro64 --data .data/imagenette
     mimkit finetune --preset base --checkpoint hf-hub:timm/vit_base_patch16_224.mae --data imagenet-1k
-    mimkit finetune --output outputs/finetune-micro --resume                # continue after a kill
+    mimkit finetune --output outputs/default/finetune-micro --resume       # continue after a kill
 
 Presets (configs/finetune/): base (ViT-B, layer decay 0.65, 100 epochs, batch 1024), micro (32-px
 data, a CPU run), micro64 (64-px data). Any key is a dotted override (optim.epochs=5, aug.mixup=0).
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="micro", help="fine-tuning preset or YAML path (default micro)")
     p.add_argument("--checkpoint", help="the encoder: a run dir, an exported encoder, a checkpoint file or an hf-hub: id")
     p.add_argument("--data", help="'embedded', a local directory (parquet / image folder) or a Hub id")
-    p.add_argument("--output", help="output directory (default outputs/finetune-<preset>)")
+    p.add_argument("--output", help="output directory (default RUN/finetune-<preset> for a training run, else outputs/finetune-<preset>)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     return p

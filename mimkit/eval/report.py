@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 from .runs import VARIANT_ORDER
 
-ACCURACY_KEYS = ("nn", "knn", "linear", "fewshot")
+ACCURACY_KEYS = ("nn", "knn", "linear", "fewshot", "finetune")
 SIMILARITY_KEYS = ("sim", "sim_patches")
-COLUMNS = ("nn", "knn", "linear", "fewshot", "fewshot_std", "sim", "sim_patches", "rank")
+COLUMNS = ("nn", "knn", "linear", "fewshot", "fewshot_std", "finetune", "sim", "sim_patches", "rank")
 
 # a colour family per variant: pixel blue, latent orange, both green, unknown grey
 _FAMILIES: dict[str, tuple[tuple[int, int, int], ...]] = {
@@ -71,14 +71,16 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 
 
 def markdown_table(rows: list[RunRow]) -> str:
-    head = "| run | variant | objectives | NN | k-NN | linear | few-shot | Sim | Sim (patches) | rank |"
-    lines = [head, "|---|---|---|--:|--:|--:|--:|--:|--:|--:|"]
+    """One row per run; the fine-tuning column only when some run was fine-tuned."""
+    tuned = any(r.values["finetune"] is not None for r in rows)
+    head = "| run | variant | objectives | NN | k-NN | linear | few-shot |" + (" fine-tune |" if tuned else "") + " Sim | Sim (patches) | rank |"
+    lines = [head, "|---|---|---|--:|--:|--:|--:|" + ("--:|" if tuned else "") + "--:|--:|--:|"]
     for r in rows:
         v = r.values
         fewshot = _fmt(v["fewshot"]) + (f" ± {v['fewshot_std']:.1f}" if v["fewshot"] is not None and v["fewshot_std"] is not None else "")
         cells = [
-            r.label, r.variant, "+".join(r.objectives) or "–", _fmt(v["nn"]), _fmt(v["knn"]), _fmt(v["linear"]),
-            fewshot, _fmt(v["sim"], 3), _fmt(v["sim_patches"], 3), _fmt(v["rank"]),
+            r.label, r.variant, "+".join(r.objectives) or "–", _fmt(v["nn"]), _fmt(v["knn"]), _fmt(v["linear"]), fewshot,
+            *([_fmt(v["finetune"])] if tuned else []), _fmt(v["sim"], 3), _fmt(v["sim_patches"], 3), _fmt(v["rank"]),
         ]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"

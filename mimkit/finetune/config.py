@@ -44,7 +44,7 @@ class FtAugConfig:
 @dataclass
 class FtTrainConfig:
     seed: int = 0
-    output_dir: str = ""  # "": outputs/finetune-<preset>
+    output_dir: str = ""  # "": RUN/finetune-<preset> for a training run, else outputs/finetune-<preset>
     log_every: int = 20
     save_every: int = 500
     keep_last: int = 2
@@ -78,7 +78,10 @@ def load_finetune_config(preset: str, overrides: list[str] | tuple[str, ...] = (
     raw.pop("preset", None)
     cfg = from_dict(FinetuneConfig, deep_merge(raw, overrides_tree(overrides)))
     cfg.preset = preset
-    cfg.train.output_dir = cfg.train.output_dir or f"outputs/finetune-{Path(preset).stem}"
+    if not cfg.train.output_dir:  # beside the run it fine-tunes, where `mimkit compare RUN` finds it
+        run = Path(cfg.checkpoint)
+        cfg.train.output_dir = str(run / f"finetune-{Path(preset).stem}" if (run / "config.yaml").is_file() else
+                                   Path("outputs") / f"finetune-{Path(preset).stem}")
     validate(cfg)
     return cfg
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..eval.report import ACCURACY_KEYS, SIMILARITY_KEYS, RunRow, colours
 from . import pyplot
 
-NAMES = {"nn": "NN", "knn": "k-NN", "linear": "linear", "fewshot": "few-shot", "sim": "Sim", "sim_patches": "Sim (patches)"}
+NAMES = {"nn": "NN", "knn": "k-NN", "linear": "linear", "fewshot": "few-shot", "finetune": "fine-tune", "sim": "Sim", "sim_patches": "Sim (patches)"}
 
 
 def bar_chart(rows: list[RunRow], out: Path) -> Path:
