@@ -370,7 +370,7 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(self.cfg.to_yaml())
         if acc.trackers:
-            acc.init_trackers("mimkit", config=_flat(self.cfg.to_dict()))
+            acc.init_trackers("mimkit", config=tracker_config(self.cfg.to_dict()))
         self.jsonl.write({"step": state.step, "epoch": state.epoch, "event": "start", "device": acc.device.type,
                           "mixed_precision": acc.mixed_precision, "processes": acc.num_processes})
         baseline = self._baseline()
@@ -572,7 +572,7 @@ def fit(cfg: RunConfig, accelerator: Accelerator, output_dir: str | Path, resume
     return Trainer(cfg, accelerator, output_dir).fit(resume)
 
 
-def _flat(d: dict[str, Any]) -> dict[str, Any]:
+def tracker_config(d: dict[str, Any]) -> dict[str, Any]:
     """Nested config -> flat {"a.b": scalar} for trackers' hyper-parameter tables."""
     return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(d).items()}
 

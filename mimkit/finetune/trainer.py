@@ -3,6 +3,7 @@ checkpoints that resume exactly, and ``finetune.json`` with the evaluation split
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import yaml
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from timm.data import Mixup, create_transform
@@ -24,7 +26,7 @@ from ..data import collate, eval_transform, export_data_config, load_splits
 from ..hub import save_pretrained
 from ..precision import default_device_type, resolve_precision
 from ..schedules import learning_rate, scaled_lr
-from ..trainer import JsonlLog, resolve_trackers
+from ..trainer import JsonlLog, resolve_trackers, tracker_config
 from .config import FinetuneConfig
 from .model import build_classifier
 
@@ -131,6 +133,8 @@ def finetune(cfg: FinetuneConfig, accelerator: Accelerator, out: Path, resume: b
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "finetune.yaml").write_text(_yaml(cfg))
+    if accelerator.trackers:
+        accelerator.init_trackers("mimkit-finetune", config=tracker_config(dataclasses.asdict(cfg)))
     log.info("fine-tuning %s: %d classes, %d steps (%d per epoch), batch %d, peak lr %.3g, layer decay %.2f",
              cfg.checkpoint, classes, total, per_epoch, o.batch_size, peak, o.layer_decay)
 
@@ -170,6 +174,7 @@ def finetune(cfg: FinetuneConfig, accelerator: Accelerator, out: Path, resume: b
                 mean = accelerator.reduce(torch.stack(running).mean(), "mean").item()
                 running = []
                 jsonl.write({"step": state.step, "epoch": state.epoch, "loss": mean, "lr": lr})
+                accelerator.log({"loss": mean, "lr": lr}, step=state.step)
             if state.step % cfg.train.save_every == 0 and state.step < total:
                 save()
             if state.step >= total:
@@ -184,14 +189,12 @@ def finetune(cfg: FinetuneConfig, accelerator: Accelerator, out: Path, resume: b
     if accelerator.is_main_process:
         save_pretrained(accelerator.unwrap_model(model), out / "classifier", data_config=export_data_config(cfg.data))
         (out / "finetune.json").write_text(json.dumps(result, indent=1))
+    accelerator.log({f"eval/{k}": v for k, v in result.items() if k.startswith("top")}, step=state.step)
     accelerator.wait_for_everyone()
+    accelerator.end_training()
     return result
 
 
 def _yaml(cfg: FinetuneConfig) -> str:
-    import dataclasses
-
-    import yaml
-
     return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
 
