@@ -170,14 +170,34 @@ class ClsConfig:
 
 
 @dataclass
+class ClusterConfig:
+    """CAPI: predict the teacher's soft cluster assignments of its patch tokens."""
+
+    weight: float = 0.0
+    prototypes: int = 16384  # K
+    tau_target: float = 0.06  # Sinkhorn-Knopp temperature of the teacher's assignments
+    tau_pred: float = 0.12  # the clustering module's own softmax
+    tau_student: float = 0.12  # the student's softmax over the prototypes
+    sinkhorn_iters: int = 3
+    prediction_subsampling: float = 0.05  # share of the target cells the student predicts (at least one)
+    clustering_lr: float = 5.0e-4  # the clustering module's own peak lr (absolute; same warm-up + cosine shape)
+    decoder: DecoderConfig = field(default_factory=lambda: DecoderConfig(kind="cross_attn", depth=12, dim=1024))
+
+
+@dataclass
 class ObjectivesConfig:
     latent: LatentConfig = field(default_factory=LatentConfig)
     pixel: PixelConfig = field(default_factory=PixelConfig)
     cls: ClsConfig = field(default_factory=ClsConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def active(self) -> list[str]:
         """Names of the heads that are built: those with a non-zero weight."""
-        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name).weight != 0]
+        return [name for name in self.heads() if getattr(self, name).weight != 0]
+
+    def heads(self) -> list[str]:
+        """Every head's name, built or not."""
+        return [f.name for f in dataclasses.fields(self)]
 
 
 @dataclass
@@ -527,17 +547,17 @@ def validate(cfg: RunConfig) -> None:
     _require(0.0 < d.eval_crop <= 1.0, f"data.eval_crop: {d.eval_crop} must be in (0, 1]")
 
     active = o.active()
-    _require(bool(active), "objectives: every head has weight 0; set objectives.<latent|pixel|cls>.weight")
+    _require(bool(active), "objectives: every head has weight 0; set objectives.<latent|pixel|cls|cluster>.weight")
     for name in active:
         head = getattr(o, name)
         _require(head.weight > 0, f"objectives.{name}.weight: {head.weight} must be >= 0")
-    needs_target = [h for h in active if h in ("latent", "cls")]
+    needs_target = [h for h in active if h in ("latent", "cls", "cluster")]
     if needs_target and t.mode == "none":
         raise ConfigError(
             f"target.mode: 'none' but objectives.{needs_target[0]} needs a target encoder; "
             "set target.mode to ema, stopgrad, standalone or joint"
         )
-    for name in ("latent", "pixel"):
+    for name in ("latent", "pixel", "cluster"):
         if name in active:
             dec = getattr(o, name).decoder
             key = f"objectives.{name}.decoder"
@@ -556,6 +576,17 @@ def validate(cfg: RunConfig) -> None:
         _require(lat.similarity.coef >= 0, f"objectives.latent.similarity.coef: {lat.similarity.coef} must be >= 0")
         _check_pair(lat.similarity.gamma, "objectives.latent.similarity.gamma", -1.0, 1.0)
         _require(lat.projector.layers >= 1, f"objectives.latent.projector.layers: {lat.projector.layers} must be >= 1")
+    if "cluster" in active:
+        cl = o.cluster
+        _require(cl.prototypes >= 2, f"objectives.cluster.prototypes: {cl.prototypes} must be >= 2")
+        _require(min(cl.tau_target, cl.tau_pred, cl.tau_student) > 0, "objectives.cluster: the temperatures must be positive")
+        _require(cl.sinkhorn_iters >= 1, f"objectives.cluster.sinkhorn_iters: {cl.sinkhorn_iters} must be >= 1")
+        _require(0 < cl.prediction_subsampling <= 1, f"objectives.cluster.prediction_subsampling: {cl.prediction_subsampling} must be in (0, 1]")
+        _require(cl.clustering_lr > 0, f"objectives.cluster.clustering_lr: {cl.clustering_lr} must be positive")
+        _require(cl.decoder.kind == "cross_attn", "objectives.cluster.decoder.kind: the CAPI predictor is a cross_attn decoder")
+        _require(t.sees == "full" and t.mode == "ema",
+                 f"objectives.cluster: the teacher must be an EMA encoder that sees the full image (target.mode: ema, "
+                 f"target.sees: full; got {t.mode}, {t.sees})")
     if "cls" in active and o.cls.source == "latent.cls":
         _require(
             "latent" in active,

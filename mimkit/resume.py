@@ -35,7 +35,9 @@ def config_diff(saved: Mapping[str, Any], planned: Mapping[str, Any], ignore: Se
     a = {**flatten(RunConfig().to_dict()), **flatten(saved)}
     b = flatten(planned)
     skip = OPERATIONAL_KEYS | set(ignore)
-    return sorted(k for k in a.keys() | b.keys() if k not in skip and a.get(k) != b.get(k))
+    # the settings of a head that neither config builds (weight 0 in both) change nothing
+    idle = tuple(f"objectives.{h}." for h in RunConfig().objectives.heads() if not a.get(f"objectives.{h}.weight") and not b.get(f"objectives.{h}.weight"))
+    return sorted(k for k in a.keys() | b.keys() if k not in skip and not k.startswith(idle) and a.get(k) != b.get(k))
 
 
 def run_dir_of(resume: str, output: str | None) -> Path | None:

@@ -59,7 +59,7 @@ def apply_scale(cfg: RunConfig, rule: ScaleRule) -> RunConfig:
     """A copy of ``cfg`` with its heads and gap resized by ``rule`` (the table above)."""
     out = copy.deepcopy(cfg)
     o = out.objectives
-    for dec in (o.latent.decoder, o.pixel.decoder):
+    for dec in (o.latent.decoder, o.pixel.decoder, o.cluster.decoder):
         _scale_decoder(dec, rule)
     o.latent.projector.hidden_dim = max(1, _round_half_up(o.latent.projector.hidden_dim * rule.width))
     o.cls.hidden_dim = max(1, _round_half_up(o.cls.hidden_dim * rule.width))

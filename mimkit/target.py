@@ -27,6 +27,7 @@ from .masking import gather_tokens
 class TargetOutput:
     tokens: Tensor  # (B, Nt, D) target-encoder latents at the target cells
     cls: Tensor  # (B, D) target-encoder CLS
+    every: Tensor | None = None  # (B, L, D) the latents of every cell, when the target encoder sees the full image
 
 
 class TargetEncoder(nn.Module):
@@ -64,7 +65,8 @@ class TargetEncoder(nn.Module):
                 B, L, _ = patches.shape
                 all_idx = torch.arange(L, device=patches.device).expand(B, L)
                 tokens = enc.encode(patches, all_idx, depth=self.depth)  # (B, p+L, D)
-                out = TargetOutput(tokens=gather_tokens(tokens[:, enc.num_prefix :], target_idx), cls=tokens[:, 0])
+                every = tokens[:, enc.num_prefix :]  # (B, L, D)
+                out = TargetOutput(tokens=gather_tokens(every, target_idx), cls=tokens[:, 0], every=every)
         return out
 
     @torch.no_grad()

@@ -129,13 +129,23 @@ def decays(name: str, p: torch.Tensor, no_decay: list[str] | tuple[str, ...]) ->
     return not any(exempt[rule] for rule in no_decay)
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float, no_decay: list[str] | tuple[str, ...] = ("ndim1", "tokens")) -> list[dict[str, Any]]:
-    """AdamW groups: trainable parameters with and without weight decay (``decays``)."""
+def param_groups(
+    model: torch.nn.Module, weight_decay: float, no_decay: list[str] | tuple[str, ...] = ("ndim1", "tokens"), peak_lr: float = 1.0
+) -> list[dict[str, Any]]:
+    """AdamW groups: trainable parameters with and without weight decay (``decays``), and one group,
+    without weight decay, per head submodule that asks for its own peak lr (``Objective.own_lr``):
+    its ``lr_scale`` (own lr / ``peak_lr``) multiplies the scheduled lr."""
+    own: list[dict[str, Any]] = []
+    for head in getattr(model, "heads", {}).values():
+        for attr, lr in getattr(head, "own_lr", dict)().items():
+            own.append({"params": [p for p in getattr(head, attr).parameters() if p.requires_grad], "weight_decay": 0.0,
+                        "lr_scale": lr / peak_lr})
+    claimed = {id(p) for g in own for p in g["params"]}
     decay, exempt = [], []
     for name, p in model.named_parameters():
-        if p.requires_grad:
+        if p.requires_grad and id(p) not in claimed:
             (decay if decays(name, p, no_decay) else exempt).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": exempt, "weight_decay": 0.0}]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": exempt, "weight_decay": 0.0}, *own]
 
 
 def lr_at(step: int, plan: Plan, tr: TrainConfig) -> float:
@@ -163,7 +173,7 @@ def default_adamw_impl(device_type: str) -> str:
 def make_optimizer(model: torch.nn.Module, cfg: RunConfig, lr: float, impl: str = "default") -> torch.optim.AdamW:
     """The run's AdamW: ``param_groups``, ``train.betas``, the ``ADAMW_IMPLS[impl]`` kernels."""
     tr = cfg.train
-    return torch.optim.AdamW(param_groups(model, tr.weight_decay, tr.no_decay), lr=lr, betas=tuple(tr.betas), **ADAMW_IMPLS[impl])
+    return torch.optim.AdamW(param_groups(model, tr.weight_decay, tr.no_decay, lr), lr=lr, betas=tuple(tr.betas), **ADAMW_IMPLS[impl])
 
 
 def check_output_dir(path: Path) -> None:
@@ -415,7 +425,7 @@ class Trainer:
         with acc.accumulate(model):
             self._lr = lr_at(state.step, plan, tr)
             for group in self.optimizer.param_groups:
-                group["lr"] = self._lr
+                group["lr"] = self._lr * group.get("lr_scale", 1.0)
             world_rows = plan.micro_batch * acc.num_processes
             result = model(images, progress=progress, batch_slice=(acc.process_index * plan.micro_batch, world_rows))
             self._watch_finite(result)

@@ -3,6 +3,7 @@ publishes into ``Context.extras`` comes before the heads that read it."""
 
 from .base import Context, Objective
 from .cls import ClsObjective
+from .cluster import ClusterObjective
 from .latent import LatentObjective
 from .pixel import PixelObjective
 
@@ -10,6 +11,7 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "latent": LatentObjective,
     "pixel": PixelObjective,
     "cls": ClsObjective,
+    "cluster": ClusterObjective,
 }
 
-__all__ = ["OBJECTIVES", "Context", "Objective", "LatentObjective", "PixelObjective", "ClsObjective"]
+__all__ = ["OBJECTIVES", "Context", "Objective", "LatentObjective", "PixelObjective", "ClsObjective", "ClusterObjective"]
