@@ -66,7 +66,11 @@ def draw_curves(runs: dict[str, list[dict[str, Any]]], out: Path) -> Path:
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel, fontsize=8)
-        ax.legend(fontsize=7)
+        handles, labels = ax.get_legend_handles_labels()
+        if twin is not None:  # momentum lives on the right axis: one legend for both
+            more = twin.get_legend_handles_labels()
+            handles, labels = handles + more[0], labels + more[1]
+        ax.legend(handles, labels, fontsize=7)
         if title == "loss":
             ax.set_yscale("log")
     for ax in list(axes.flat)[len(present):]:
