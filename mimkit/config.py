@@ -98,6 +98,9 @@ class MaskingConfig:
     # Where a patch may sit in its (P + G)-px cell: offsets drawn from {0..G} ("0..G"; two
     # neighbouring patches can touch) or {0..G-1} ("0..G-1"; they never touch; no jitter at G = 1)
     offsets: Literal["0..G", "0..G-1"] = "0..G"
+    # "random": a uniformly random set of targets; "inverse_block": the visible cells are one
+    # random block, wrapped around the grid's edges (CAPI), the targets everything else
+    kind: Literal["random", "inverse_block"] = "random"
 
 
 @dataclass

@@ -7,6 +7,8 @@ equals the convolution on that patch.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -92,14 +94,53 @@ def random_split(
     return order[:, :nv], order[:, nv:]
 
 
+def inverse_block_split(
+    batch: int, num_cells: int, ratio: float, device: torch.device, min_aspect: float = 0.5
+) -> tuple[Tensor, Tensor]:
+    """CAPI's inverse-block masking: the visible cells are one block, the targets the rest.
+
+    Per image: an aspect ratio drawn log-uniformly from [min_aspect, 1 / min_aspect] (narrowed so
+    the block fits the grid), a block of ceil(sqrt(Nv * a)) x ceil(sqrt(Nv / a)) cells at a random
+    place, its first Nv cells in raster order kept, then the grid rolled by a random shift in both
+    directions (the block may wrap around the edges). Nv = round(L * (1 - ratio)).
+
+    returns: visible (B, Nv) and target (B, L - Nv) grid indices, each in raster order
+    """
+    nv = num_visible(num_cells, ratio)
+    g = math.isqrt(num_cells)
+    if g * g != num_cells:
+        raise ValueError(f"masking.kind=inverse_block needs a square grid, not {num_cells} cells")
+    lo = max(math.log(min_aspect), math.log(nv / g**2))
+    hi = min(-math.log(min_aspect), math.log(g**2 / nv))
+    aspect = torch.exp(lo + (hi - lo) * torch.rand(batch, device=device))  # (B,)
+    h = torch.ceil(torch.sqrt(nv * aspect)).long().clamp(max=g)  # (B,)
+    w = torch.ceil(torch.sqrt(nv / aspect)).long().clamp(max=g)
+    top = (torch.rand(batch, device=device) * (g - h + 1)).long()  # (B,) in [0, g - h]
+    left = (torch.rand(batch, device=device) * (g - w + 1)).long()
+    shift = (torch.rand(batch, 2, device=device) * g).long()  # (B, 2) roll of rows and columns
+    r = torch.arange(g, device=device)
+    rows, cols = r.view(1, g, 1), r.view(1, 1, g)
+    inside = ((rows >= top.view(-1, 1, 1)) & (rows < (top + h).view(-1, 1, 1))
+              & (cols >= left.view(-1, 1, 1)) & (cols < (left + w).view(-1, 1, 1))).flatten(1)  # (B, L)
+    keep = inside & (inside.cumsum(dim=1) <= nv)  # the first nv cells of the block
+    src_r = (rows - shift[:, 0].view(-1, 1, 1)) % g  # a rolled cell takes the flag of the cell it came from
+    src_c = (cols - shift[:, 1].view(-1, 1, 1)) % g
+    rolled = keep.gather(1, (src_r * g + src_c).flatten(1))  # (B, L)
+    order = torch.sort((~rolled).to(torch.uint8), dim=1, stable=True).indices  # visible cells first, raster order
+    return order[:, :nv], order[:, nv:]
+
+
+SPLITS = {"random": random_split, "inverse_block": inverse_block_split}  # masking.kind -> how cells are split
+
+
 def draw_masks(
-    batch: int, num_cells: int, gap: int, ratio: float, device: torch.device, high: int | None = None
+    batch: int, num_cells: int, gap: int, ratio: float, device: torch.device, high: int | None = None, kind: str = "random"
 ) -> tuple[Tensor | None, Tensor, Tensor]:
     """One step's randomness, drawn on ``device`` from torch's global RNG: gap offsets
     (B, L, 2) in {0, ..., high} (high defaults to gap; None when gap is 0), then the visible
-    (B, Nv) and target (B, Nt) indices."""
+    (B, Nv) and target (B, Nt) indices of the ``kind`` split (``masking.kind``)."""
     offsets = grid_offsets(batch, num_cells, gap if high is None else high, device) if gap else None
-    visible, target = random_split(batch, num_cells, ratio, device)
+    visible, target = SPLITS[kind](batch, num_cells, ratio, device)
     return offsets, visible, target
 
 

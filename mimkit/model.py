@@ -36,6 +36,7 @@ class MIMModel(nn.Module):
         self.geometry: Geometry = geometry
         self.ratio = cfg.masking.ratio
         self.max_offset = max_offset(cfg.masking.gap, cfg.masking.offsets)
+        self.mask_kind = cfg.masking.kind
         try:
             self.num_visible = num_visible(geometry.num_cells, cfg.masking.ratio)
         except ValueError as e:
@@ -120,7 +121,7 @@ class MIMModel(nn.Module):
         g = self.geometry
         rows = slice(start, start + images.shape[0])
         offsets, visible_idx, target_idx = draw_masks(
-            total, g.num_cells, g.gap, self.ratio, images.device, self.max_offset
+            total, g.num_cells, g.gap, self.ratio, images.device, self.max_offset, self.mask_kind
         )  # for all rows
         patches = patchify(images, g.patch, g.gap, offsets[rows] if offsets is not None else None)  # (B, L, C*P*P)
         return self.forward_split(patches, visible_idx[rows], target_idx[rows], progress)

@@ -74,3 +74,34 @@ def test_gather_tokens():
     x = torch.arange(24.0).view(2, 4, 3)
     idx = torch.tensor([[3, 0], [1, 1]])
     assert torch.equal(gather_tokens(x, idx), torch.stack([x[0, [3, 0]], x[1, [1, 1]]]))
+
+
+def test_inverse_block_split_keeps_one_wrapped_block_visible():
+    from mimkit.masking import inverse_block_split
+
+    torch.manual_seed(0)
+    visible, target = inverse_block_split(64, 64, 0.65, torch.device("cpu"))
+    nv = round(64 * 0.35)
+    assert visible.shape == (64, nv) and target.shape == (64, 64 - nv)
+    both = torch.cat([visible, target], dim=1).sort(dim=1).values
+    assert torch.equal(both, torch.arange(64).expand(64, -1))  # disjoint, covering every cell
+    for row in visible:
+        mask = torch.zeros(64, dtype=torch.bool)
+        mask[row] = True
+        grid = mask.view(8, 8)
+        # some roll of the grid puts the visible cells inside one rectangle of at most nv + its last row's gap
+        fits = []
+        for dr in range(8):
+            for dc in range(8):
+                g = grid.roll((dr, dc), (0, 1))
+                rs, cs = g.nonzero(as_tuple=True)
+                h, w = int(rs.max() - rs.min() + 1), int(cs.max() - cs.min() + 1)
+                fits.append(h * w < nv + max(h, w))
+        assert any(fits)
+
+
+def test_masking_kind_reaches_the_model():
+    from mimkit.config import load_config
+    from mimkit.model import build_model
+
+    assert build_model(load_config("capi+tiny")).mask_kind == "inverse_block"

@@ -30,6 +30,7 @@ def masked_step(model: MIMModel, images: Tensor, seed: int) -> MaskedStep:
     g = model.geometry
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        offsets, visible_idx, target_idx = draw_masks(images.shape[0], g.num_cells, g.gap, model.ratio, images.device, model.max_offset)
+        offsets, visible_idx, target_idx = draw_masks(images.shape[0], g.num_cells, g.gap, model.ratio, images.device, model.max_offset,
+                                                       model.mask_kind)
     patches = patchify(images, g.patch, g.gap, offsets)
     return MaskedStep(images, offsets, visible_idx, target_idx, patches, model.context(patches, visible_idx, target_idx, 1.0))
