@@ -12,6 +12,7 @@ import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -102,3 +103,16 @@ def verify(path: str | Path) -> None:
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
     dirs = step_dirs(output_dir)
     return dirs[-1] if dirs else None
+
+
+def save_state(accelerator: Any, root: str | Path, state: TrainerState, keep_last: int) -> Path:
+    """A complete checkpoint of ``accelerator``'s prepared objects at ``state.step``, written
+    under a staging name and published (all processes call this)."""
+    staging = staging_dir(root, state.step)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        publish(staging, state, keep_last)
+    accelerator.wait_for_everyone()
+    return step_dir(root, state.step)

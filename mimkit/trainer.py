@@ -354,16 +354,7 @@ class Trainer:
     def save(self, root: Path | None = None) -> Path:
         """A complete checkpoint of the current state (all processes call this)."""
         self._fold_skipped()
-        acc = self.accelerator
-        root = root or self.out
-        staging = ckpt.staging_dir(root, self.state.step)
-        acc.wait_for_everyone()
-        acc.save_state(str(staging))
-        acc.wait_for_everyone()
-        if self.main:
-            ckpt.publish(staging, self.state, self.cfg.train.keep_last)
-        acc.wait_for_everyone()
-        return ckpt.step_dir(root, self.state.step)
+        return ckpt.save_state(self.accelerator, root or self.out, self.state, self.cfg.train.keep_last)
 
     def _fold_skipped(self) -> None:
         self.state.skipped_images += int(self.accelerator.reduce(self.skipped, reduction="sum").item())

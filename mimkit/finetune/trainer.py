@@ -73,19 +73,18 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 @torch.no_grad()
 def top_k(model: torch.nn.Module, loader: DataLoader, accelerator: Accelerator, ks: tuple[int, ...]) -> dict[str, float]:
+    """Top-k accuracies (%) over every image of ``loader`` (each counted once across processes)."""
     model.eval()
-    hits, total = torch.zeros(len(ks), device=accelerator.device), torch.zeros((), device=accelerator.device)
+    hits = []
     for batch in loader:
         with accelerator.autocast():
             logits = model(batch["images"])
-        labels = batch["labels"]
         ranked = logits.topk(max(ks), dim=1).indices  # (B, max k)
-        for i, k in enumerate(ks):
-            hits[i] += (ranked[:, :k] == labels[:, None]).any(dim=1).sum()
-        total += labels.numel()
-    hits, total = accelerator.reduce(hits, "sum"), accelerator.reduce(total, "sum")
+        correct = torch.stack([(ranked[:, :k] == batch["labels"][:, None]).any(dim=1) for k in ks], dim=1)  # (B, len(ks))
+        hits.append(accelerator.gather_for_metrics(correct))
     model.train()
-    return {f"top{k}": round(100 * float(h) / max(float(total), 1.0), 2) for k, h in zip(ks, hits)}
+    rate = torch.cat(hits).float().mean(dim=0) if hits else torch.zeros(len(ks))
+    return {f"top{k}": round(100 * float(r), 2) for k, r in zip(ks, rate)}
 
 
 def finetune(cfg: FinetuneConfig, accelerator: Accelerator, out: Path, resume: bool = False) -> dict[str, Any]:
@@ -138,15 +137,6 @@ def finetune(cfg: FinetuneConfig, accelerator: Accelerator, out: Path, resume: b
     log.info("fine-tuning %s: %d classes, %d steps (%d per epoch), batch %d, peak lr %.3g, layer decay %.2f",
              cfg.checkpoint, classes, total, per_epoch, o.batch_size, peak, o.layer_decay)
 
-    def save() -> None:
-        staging = ckpt.staging_dir(out, state.step)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(staging))
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            ckpt.publish(staging, state, cfg.train.keep_last)
-        accelerator.wait_for_everyone()
-
     model.train()
     running: list[Tensor] = []
     while state.step < total:
@@ -176,12 +166,12 @@ def finetune(cfg: FinetuneConfig, accelerator: Accelerator, out: Path, resume: b
                 jsonl.write({"step": state.step, "epoch": state.epoch, "loss": mean, "lr": lr})
                 accelerator.log({"loss": mean, "lr": lr}, step=state.step)
             if state.step % cfg.train.save_every == 0 and state.step < total:
-                save()
+                ckpt.save_state(accelerator, out, state, cfg.train.keep_last)
             if state.step >= total:
                 break
         else:
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-    save()
+    ckpt.save_state(accelerator, out, state, cfg.train.keep_last)
     result: dict[str, Any] = {"checkpoint": cfg.checkpoint, "classes": classes, "steps": total, "epochs": round(total / per_epoch, 3)}
     if eval_loader is not None:
         ks = (1, 5) if classes > 5 else (1,)
