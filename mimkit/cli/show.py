@@ -24,6 +24,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..viz.run import TrainedRun
 
 WHAT = ("recon", "latent", "pca", "curves")
 
@@ -55,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ..config import ConfigError
     from ..viz import VizError, pyplot
+    from ..viz.run import load_trained
 
     try:
         what, explicit = wanted(args.what)
@@ -70,10 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if "curves" in what:
             print(f"wrote {curves(args.runs, out)}")
-        for run_dir in args.runs:
-            for picture in (w for w in what if w != "curves"):
+        pictures = [w for w in what if w != "curves"]
+        for run_dir in args.runs if pictures else []:
+            run = load_trained(run_dir)
+            for picture in pictures:
                 try:
-                    print(f"wrote {draw(picture, run_dir, args, out)}")
+                    print(f"wrote {draw(picture, run, args, out)}")
                 except VizError as e:
                     failures += explicit
                     print(f"{'error' if explicit else 'skipped'}: {run_dir}: {e}", file=sys.stderr)
@@ -91,13 +98,9 @@ def curves(runs: list[str], out: Path) -> Path:
     return draw_curves(logs, out / name)
 
 
-_LOADED: dict[str, object] = {}
+def draw(picture: str, run: TrainedRun, args: argparse.Namespace, out: Path) -> Path:
+    from ..viz.run import eval_images
 
-
-def draw(picture: str, run_dir: str, args: argparse.Namespace, out: Path) -> Path:
-    from ..viz.run import eval_images, load_trained
-
-    run = _LOADED.get(run_dir) or _LOADED.setdefault(run_dir, load_trained(run_dir))
     cfg, model = run.cfg, run.model
     mean, std = list(cfg.data.mean), list(cfg.data.std)
     title = f"{run.name} ({cfg.preset}), step {run.step}"
