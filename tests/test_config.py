@@ -79,11 +79,11 @@ def test_unknown_preset_suggests():
 def test_overlays_are_not_offered_as_presets():
     from mimkit.config import available_presets
 
-    assert available_presets() == ["default", "latent_mim", "mae", "naive_latent_mim", "pilamim"]
+    assert available_presets() == ["capi", "default", "latent_mim", "mae", "naive_latent_mim", "pilamim"]
     with pytest.raises(ConfigError) as err:
         load_config("nope")
     listed = str(err.value).split("shipped presets: ")[1].split(";")[0]
-    assert listed == "default, latent_mim, mae, naive_latent_mim, pilamim"
+    assert listed == "capi, default, latent_mim, mae, naive_latent_mim, pilamim"
     assert "stack with +: micro, micro64, tiny" in str(err.value)
     with pytest.raises(ConfigError, match="did you mean 'tiny'"):
         load_config("tinyy")

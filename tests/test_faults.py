@@ -91,7 +91,7 @@ def test_corrupt_checkpoint_is_named_and_latest_falls_back(tmp_path, capsys, cap
     assert _train(out, "train.max_steps=4", "--resume", str(newest.parent)) == 2
     assert str(newest) in capsys.readouterr().err
     with caplog.at_level(logging.WARNING, logger="mimkit"):
-        assert _train(out, "train.max_steps=6", "--resume") == 0
+        assert _train(out, "train.max_steps=6", "--resume", "--extend") == 0  # a longer run: --extend
     assert any("step_00000004" in r.getMessage() for r in caplog.records)
     assert json.loads((out / "summary.json").read_text())["steps"] == 6
 
