@@ -3,7 +3,7 @@
     accelerate launch -m mimkit train --preset latent_mim [--data DIR_OR_HUB_ID] [--output DIR] [--resume [PATH]] [key=value ...]
     mimkit train                        # the embedded default: Latent MIM at micro scale on a CIFAR-10 slice, CPU-sized
 
-Presets: latent_mim, mae, pilamim, naive_latent_mim; stack scale overlays with '+' (latent_mim+micro, mae+micro64).
+Presets: latent_mim, mae, pilamim, naive_latent_mim, capi; stack scale overlays with '+' (latent_mim+micro, mae+micro64).
 Any config key can be overridden as dotted key=value (train.batch_size=512 masking.ratio=0.75).
 """
 
