@@ -554,7 +554,7 @@ def _export_architecture(vit: VisionTransformer, name: str | None) -> str:
     return arch
 
 
-def _shape_args(vit: VisionTransformer) -> dict[str, Any]:
+def shape_args(vit: VisionTransformer) -> dict[str, Any]:
     """The shapes read off the modules, which win over the constructor arguments timm recorded
     (timm adds img_size, in_chans, num_classes and global_pool itself)."""
     ph, pw = vit.patch_embed.patch_size
@@ -587,7 +587,7 @@ def save_pretrained(
     arch = _export_architecture(vit, name)
     vit.pretrained_cfg = {**{k: v for k, v in own.items() if k not in _OTHER_WEIGHTS_KEYS}, "architecture": arch}
     try:
-        timm.models.save_for_hf(vit, str(out), model_args=_shape_args(vit), safe_serialization=True,
+        timm.models.save_for_hf(vit, str(out), model_args=shape_args(vit), safe_serialization=True,
                                 data_config=dict(data_config or {}))
     finally:
         vit.pretrained_cfg = own

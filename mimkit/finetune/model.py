@@ -8,7 +8,7 @@ import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from ..hub import load_encoder
+from ..hub import load_encoder, shape_args
 from .config import FtModelConfig
 
 _HEAD_KEYS = {"head.weight", "head.bias", "fc_norm.weight", "fc_norm.bias"}
@@ -19,10 +19,8 @@ def encoder_args(vit: VisionTransformer) -> dict[str, Any]:
     """The constructor arguments that rebuild ``vit``'s shapes (timm's record, shapes read off the modules)."""
     recorded = {k: v for k, v in (getattr(vit, "_model_args", None) or {}).items()
                 if k not in _NOT_ARCHITECTURE and not k.endswith("drop_rate")}
-    ph, pw = vit.patch_embed.patch_size
-    return {**recorded, "img_size": list(vit.patch_embed.img_size), "patch_size": ph if ph == pw else [ph, pw],
-            "in_chans": vit.patch_embed.proj.in_channels, "embed_dim": vit.embed_dim, "depth": len(vit.blocks),
-            "num_heads": vit.blocks[0].attn.num_heads}
+    return {**recorded, **shape_args(vit), "img_size": list(vit.patch_embed.img_size),
+            "in_chans": vit.patch_embed.proj.in_channels}
 
 
 def build_classifier(source: str, num_classes: int, cfg: FtModelConfig) -> VisionTransformer:
