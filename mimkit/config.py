@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -305,9 +306,16 @@ def _resolve_preset(name: str, relative_to: Path | None = None) -> Path:
     )
 
 
+@functools.lru_cache(maxsize=512)
+def _parse_yaml(text: str) -> Any:
+    """YAML text -> data, parsed once per distinct text (presets and override values recur by the
+    thousand when a reproduction plans its runs); callers get a copy."""
+    return yaml.safe_load(text)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = copy.deepcopy(_parse_yaml(path.read_text())) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(data, dict):
@@ -350,7 +358,7 @@ def parse_override(item: str) -> dict[str, Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {item!r} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = copy.deepcopy(_parse_yaml(raw)) if raw.strip() else None
     except yaml.YAMLError as e:
         raise ConfigError(f"override {key}: value {raw!r} is not valid YAML: {e}") from e
     out: dict[str, Any] = {}
@@ -494,10 +502,16 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     raise TypeError(f"unsupported config type {tp!r} at {key}")  # a schema bug, not user input
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    """A config dataclass's resolved field types (resolving them is costly, and they never change)."""
+    return typing.get_type_hints(cls)
+
+
 def from_dict(cls: type, data: dict[str, Any], prefix: str = "", base: Any = None) -> Any:
     """Build dataclass ``cls`` from a nested dict over its defaults (or over ``base``),
     rejecting unknown keys and wrong types. Nested mappings merge field by field."""
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     obj = base if base is not None else cls()
     for key, value in data.items():

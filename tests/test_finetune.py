@@ -136,3 +136,22 @@ def test_fine_tuning_a_run_writes_beside_it(tmp_path):
     (run / "config.yaml").write_text("{}")
     assert load_finetune_config("micro", [f"checkpoint={run}"]).train.output_dir == str(run / "finetune-micro")
     assert load_finetune_config("micro", ["checkpoint=hf-hub:timm/x"]).train.output_dir == "outputs/finetune-micro"
+
+
+def test_from_scratch_is_the_runs_encoder_before_its_first_step(tmp_path, exported):
+    from mimkit.config import ConfigError, load_config
+    from mimkit.eval.baselines import init_encoder
+
+    cfg = load_config("mae+tiny")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(cfg.to_yaml())  # no weights: the init baseline's directory
+    model = build_classifier(str(run), 4, FtModelConfig(from_scratch=True))
+    start = init_encoder(cfg)
+    torch.testing.assert_close(model.blocks[0].attn.qkv.weight, start.blocks[0].attn.qkv.weight)
+    torch.testing.assert_close(model.pos_embed, start.pos_embed)
+    assert model.head.out_features == 4
+    assert load_finetune_config("micro", [f"checkpoint={run}", "model.from_scratch=true"]).train.output_dir == \
+        str(run / "finetune-micro-scratch")
+    with pytest.raises(ConfigError, match="model.from_scratch"):
+        build_classifier(str(exported), 4, FtModelConfig(from_scratch=True))

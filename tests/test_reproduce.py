@@ -3,6 +3,7 @@ run / skip / resume / fail loop (tiny real runs on the embedded slice, and a fak
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import shutil
@@ -14,9 +15,10 @@ import yaml
 
 from mimkit.config import load_config
 from mimkit.checkpoint import step_dirs
+from mimkit.finetune.config import load_finetune_config
 from mimkit.reproduce.claims import evaluate_claims
 from mimkit.reproduce.cli import main, parse_epochs
-from mimkit.reproduce.commands import Settings, SweepPending, common_overrides, display, eval_command, planned_config, preset_expr, run_overrides, sweep_epochs, train_command
+from mimkit.reproduce.commands import Settings, Pending, common_overrides, display, eval_command, planned_config, preset_expr, run_overrides, sweep_epochs, train_command
 from mimkit.reproduce.plan import DATASETS, MAIN_PRESETS, RunSpec, SCALES, build_plan, progression, sweep_name
 from mimkit.reproduce.report import RunRecord, nn_curve, render_results
 from mimkit.reproduce.runner import Budget
@@ -70,18 +72,19 @@ def fake_runner(fail: set[str] = frozenset()):
 # --------------------------------------------------------------------------- the plan
 
 
-def test_plan_has_the_four_presets_per_dataset_and_the_progression():
+def test_plan_has_the_five_presets_per_dataset_and_the_progression():
     plan = build_plan()
     mains = [t for t in plan.tables if t.key == "main"]
     assert [t.dataset for t in mains] == ["cifar10", "imagenette"]
     for t in mains:
-        assert [r.run for r in t.rows] == ["naive_latent_mim", "mae", "latent_mim", "pilamim"]
+        assert [r.run for r in t.rows] == ["naive_latent_mim", "mae", "latent_mim", "pilamim", "capi"]
     (abl,) = [t for t in plan.tables if t.key == "ablation"]
     assert abl.dataset == "imagenette" and len(abl.rows) == 11
     assert abl.rows[0].run == "naive_latent_mim" and abl.rows[-1].run == "latent_mim"
-    assert len(plan.runs) == len({r.key for r in plan.runs}) == 8 + 9  # first and last progression rows are shared
+    assert len(plan.runs) == len({r.key for r in plan.runs}) == 10 + 9  # first and last progression rows are shared
+    assert not any(r.kind == "finetune" for r in plan.runs)  # the gpu scale has no fine-tuning preset yet
     only_main = build_plan(["main"])
-    assert len(only_main.runs) == 8 and all(t.key == "main" for t in only_main.tables)
+    assert len(only_main.runs) == 10 and all(t.key == "main" for t in only_main.tables)
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "imagenette"])
@@ -195,7 +198,7 @@ def test_dry_run_prints_every_command_and_runs_nothing(tmp_path, capsys):
         assert f"# {run.key} [new]" in out
         assert f"--output {tmp_path / 'runs' / run.dataset / run.name} " in out
         assert f"--out {tmp_path / 'runs' / run.dataset / run.name / 'metrics.json'}" in out
-    assert out.count("python -m mimkit train ") == out.count("python -m mimkit evaluate ") == 17
+    assert out.count("python -m mimkit train ") == out.count("python -m mimkit evaluate ") == 19
     assert list(tmp_path.iterdir()) == []
 
 
@@ -317,13 +320,19 @@ def micro_settings(tmp_path: Path, **kw) -> Settings:
     return Settings(sources={"cifar10": "embedded", "imagenette": "embedded"}, out=tmp_path / "runs", scale=MICRO, **kw)
 
 
-def test_micro_plan_has_baselines_sweeps_and_the_four_presets():
+def test_micro_plan_has_baselines_sweeps_the_five_presets_and_their_fine_tuning():
     plan = build_plan(["main"], scale=MICRO)
     (cifar, _) = [t for t in plan.tables if t.key == "main"]
-    assert [r.run for r in cifar.rows] == ["init", "pixels", "naive_latent_mim", "mae", "latent_mim", "pilamim"]
+    assert [r.run for r in cifar.rows] == ["init", "pixels", "naive_latent_mim", "mae", "latent_mim", "pilamim", "capi"]
     runs = [r for r in plan.runs if r.dataset == "cifar10"]
     sweeps = [r for r in runs if r.kind == "sweep"]
-    assert len(sweeps) == 4 * len(MICRO.sweep.lrs)
+    assert len(sweeps) == 5 * len(MICRO.sweep.lrs)
+    tuned = [r for r in runs if r.kind == "finetune"]  # after every pretraining run, the from-scratch row first
+    assert runs[-len(tuned):] == tuned and [(r.source, r.name, r.preset) for r in tuned] == [
+        ("init", "init/finetune-micro-scratch", "micro"), ("mae", "mae/finetune-micro", "micro"),
+        ("latent_mim", "latent_mim/finetune-micro", "micro"), ("pilamim", "pilamim/finetune-micro", "micro"),
+        ("capi", "capi/finetune-micro", "micro")]
+    assert {r.preset for r in plan.runs if r.kind == "finetune" and r.dataset == "imagenette"} == {"micro64"}
     # each preset's sweep runs right before its table run, which takes its lr from that sweep
     names = [r.name for r in runs]
     for preset in MAIN_PRESETS:
@@ -339,7 +348,7 @@ def test_micro_plan_has_baselines_sweeps_and_the_four_presets():
 def test_micro_runs_use_the_overlay_geometry_and_the_picked_lr(tmp_path, dataset, overlay, size, patch, gap):
     plan = build_plan(["main"], scale=MICRO)
     run = plan.run(dataset, "latent_mim")
-    with pytest.raises(SweepPending):
+    with pytest.raises(Pending):
         planned_config(run, micro_settings(tmp_path))
     s = micro_settings(tmp_path, picked={f"{dataset}/latent_mim": 0.0045})
     cfg = load_config(preset_expr(run, s), run_overrides(run, s))
@@ -368,6 +377,14 @@ def micro_runner(nn_by_lr: dict[float, float]):
             (out / "summary.json").write_text(json.dumps({"steps": 2, "epochs": 1, "nn": nn_by_lr.get(lr, 0.0)}))
             (out / "log.jsonl").write_text("".join(json.dumps({"step": 10 * i, "epoch": i, "eval/nn": 20.0 + i}) + "\n"
                                                    for i in range(1, 4)))
+        elif argv[argv.index("mimkit") + 1] == "finetune":  # what mimkit finetune leaves: its config and scores
+            out = ROOT / argv[argv.index("--output") + 1]
+            cfg = load_finetune_config(argv[argv.index("--preset") + 1], [f"checkpoint={argv[argv.index('--checkpoint') + 1]}",
+                                       f"train.output_dir={argv[argv.index('--output') + 1]}", *(a for a in argv if "=" in a)])
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "finetune.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+            top1 = 60.0 if cfg.model.from_scratch else 70.0
+            (out / "finetune.json").write_text(json.dumps({"steps": 3, "epochs": 1, "top1": top1, "top5": 99.0}))
         else:
             target = ROOT / argv[argv.index("--out") + 1]
             target.write_text(json.dumps({"nn": 30.0, "knn": 31.0, "linear": 40.0, "sim": 0.4}))
@@ -375,6 +392,57 @@ def micro_runner(nn_by_lr: dict[float, float]):
 
     run.calls = calls
     return run
+
+
+def test_micro_fine_tunes_the_trained_rows_and_the_init_row_from_scratch(tmp_path, capsys):
+    runner = micro_runner({0.0005: 20.0, 0.0015: 24.0, 0.0045: 22.0})
+    tuned = ["init/finetune-micro-scratch", "mae/finetune-micro", "latent_mim/finetune-micro"]
+    args = ["--scale", "micro", "--cifar10", "embedded", "--tables", "main", "--datasets", "cifar10", "--only", "init",
+            "mae", *(sweep_name("mae", lr) for lr in MICRO.sweep.lrs), *tuned,
+            "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results.md")]
+    assert main(args, runner=runner) == 0
+    out = capsys.readouterr().out
+    assert "[cifar10/latent_mim/finetune-micro] not started: cifar10/latent_mim/finetune-micro waits for cifar10/latent_mim" in out
+    ft = [c for c in runner.calls if c[c.index("mimkit") + 1] == "finetune"]
+    assert [c[c.index("--checkpoint") + 1].split("/")[-1] for c in ft] == ["init", "mae"]
+    assert "model.from_scratch=true" in ft[0] and "model.from_scratch=true" not in ft[1]
+    assert ft[1][ft[1].index("--output") + 1].endswith("cifar10/mae/finetune-micro") and "--resume" not in ft[1]
+    timing = json.loads((tmp_path / "runs" / "cifar10" / "mae" / "finetune-micro" / "timing.json").read_text())
+    assert [a["phase"] for a in timing["attempts"]] == ["finetune"]
+    text = (tmp_path / "results.md").read_text()
+    head = "| run | NN | k-NN | linear | Sim | fine-tune | base lr | train | eval | fine-tune time | status |"
+    assert head in text and "| encoder at initialisation | 30.0 | 31.0 | 40.0 | 0.400 | 60.0 |" in text
+    assert "| `mae` | 30.0 | 31.0 | 40.0 | 0.400 | 70.0 | 0.0015 |" in text and "`mimkit finetune --preset micro`" in text
+    # a second invocation skips what is done; a fine-tuning config that changed makes its run stale
+    saved = tmp_path / "runs" / "cifar10" / "mae" / "finetune-micro" / "finetune.yaml"
+    saved.write_text(saved.read_text().replace("layer_decay: 0.75", "layer_decay: 0.5"))
+    assert main(args, runner=never) == 1
+    assert "[cifar10/mae/finetune-micro] STALE" in capsys.readouterr().out
+    assert "| `cifar10/mae/finetune-micro` | 3 | 1 | — |" in text and "stale config" not in text
+    assert "stale config (optim.layer_decay)" in (tmp_path / "results.md").read_text()
+    # a killed fine-tuning resumes
+    shutil.rmtree(saved.parent)
+    (saved.parent / "checkpoints" / "step_00000002").mkdir(parents=True)
+    (saved.parent / "checkpoints" / "step_00000002" / "trainer_state.json").write_text("{}")
+    assert main(args, runner=runner) == 0
+    assert "--resume" in runner.calls[-1] and runner.calls[-1][runner.calls[-1].index("mimkit") + 1] == "finetune"
+
+
+def test_collapse_verdict_reads_the_last_cluster_statistics(tmp_path):
+    from mimkit.reproduce.report import collapse_verdict
+
+    d = tmp_path / "capi"
+    d.mkdir()
+    assert collapse_verdict(d) is None  # nothing logged: no verdict
+    (d / "config.yaml").write_text(yaml.safe_dump({"objectives": {"cluster": {"prototypes": 1024}}}))
+    log = [{"step": 10, "cluster/prototypes_used": 3.0, "cluster/entropy": 6.9}, {"step": 20, "loss": 1.0},
+           {"step": 30, "cluster/prototypes_used": 400.0, "cluster/entropy": 2.5}]
+    (d / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    assert collapse_verdict(d) == ("400 of 1024 prototypes in use, assignment entropy 2.50 nats (uniform: 6.93) at step 30 "
+                                   "— **no collapse**")
+    for used, entropy in ((400.0, 6.6), (10.0, 2.5)):  # near-uniform assignments; under K / 100 prototypes in use
+        (d / "log.jsonl").write_text(json.dumps({"step": 5, "cluster/prototypes_used": used, "cluster/entropy": entropy}) + "\n")
+        assert collapse_verdict(d).endswith("**collapsed**")
 
 
 def test_micro_sweep_picks_the_best_holdout_nn_then_trains_the_table_run(tmp_path, capsys):

@@ -15,6 +15,7 @@ class FtModelConfig:
     pool: Literal["avg", "cls"] = "avg"  # avg: mean of the patch tokens + a new norm (MAE's head); cls: the CLS token
     drop_path: float = 0.1
     name: str | None = None  # the timm architecture, for a checkpoint that does not record its own
+    from_scratch: bool = False  # true: the training run's encoder before its first step (the baseline pretraining must beat)
 
 
 @dataclass
@@ -44,7 +45,7 @@ class FtAugConfig:
 @dataclass
 class FtTrainConfig:
     seed: int = 0
-    output_dir: str = ""  # "": RUN/finetune-<preset> for a training run, else outputs/finetune-<preset>
+    output_dir: str = ""  # "": RUN/finetune-<preset>[-scratch] for a training run, else outputs/finetune-<preset>[-scratch]
     log_every: int = 20
     save_every: int = 500
     keep_last: int = 2
@@ -80,8 +81,8 @@ def load_finetune_config(preset: str, overrides: list[str] | tuple[str, ...] = (
     cfg.preset = preset
     if not cfg.train.output_dir:  # beside the run it fine-tunes, where `mimkit compare RUN` finds it
         run = Path(cfg.checkpoint)
-        cfg.train.output_dir = str(run / f"finetune-{Path(preset).stem}" if (run / "config.yaml").is_file() else
-                                   Path("outputs") / f"finetune-{Path(preset).stem}")
+        name = f"finetune-{Path(preset).stem}" + ("-scratch" if cfg.model.from_scratch else "")
+        cfg.train.output_dir = str(run / name if (run / "config.yaml").is_file() else Path("outputs") / name)
     validate(cfg)
     return cfg
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
+from ..config import ConfigError, config_from_yaml
+from ..eval.baselines import init_encoder
 from ..hub import load_encoder, shape_args
 from .config import FtModelConfig
 
@@ -23,12 +26,23 @@ def encoder_args(vit: VisionTransformer) -> dict[str, Any]:
             "in_chans": vit.patch_embed.proj.in_channels}
 
 
+def scratch_encoder(source: str) -> VisionTransformer:
+    """The context encoder of the training run ``source`` at initialisation."""
+    saved = Path(source) / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(f"model.from_scratch: {source} is not a training run directory (no config.yaml); "
+                          "pass the run whose initialisation to fine-tune")
+    return init_encoder(config_from_yaml(saved))
+
+
 def build_classifier(source: str, num_classes: int, cfg: FtModelConfig) -> VisionTransformer:
     """The encoder of ``source`` under a new ``num_classes`` head. ``avg`` pooling is MAE's
     fine-tuning head: the mean of the patch tokens through a new LayerNorm (``fc_norm``), the
     encoder's final norm left out; ``cls`` reads the CLS token after the final norm. The head is
-    initialised as MAE does (truncated normal, std 2e-5; zero bias)."""
-    enc = load_encoder(source, name=cfg.name)
+    initialised as MAE does (truncated normal, std 2e-5; zero bias). ``cfg.from_scratch`` takes,
+    in place of the trained weights, the encoder a training run ``source`` started from (its
+    config and seed, no step taken): the from-scratch row every pretraining must beat."""
+    enc = scratch_encoder(source) if cfg.from_scratch else load_encoder(source, name=cfg.name)
     arch = (enc.pretrained_cfg or {}).get("architecture") or cfg.name
     vit = timm.create_model(arch, pretrained=False, num_classes=num_classes, global_pool="avg" if cfg.pool == "avg" else "token",
                             drop_path_rate=cfg.drop_path, **encoder_args(enc))

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..config import ConfigError
 from .plan import ALL_TABLES, DATASETS, DEFAULT_ABLATION_DATASET, Plan, RunSpec, SCALES, Scale, build_plan
-from .commands import Settings, SweepPending, display, eval_command, planned_config, rel, train_command
+from .commands import Settings, Pending, display, eval_command, planned_config, rel, train_command
 from .state import inspect_run
 from .runner import Budget, Runner, detect_device, pick_lrs, process_run, run_logged
 from .report import collect, export, render_results
@@ -160,7 +160,7 @@ def dry_run(selection: Sequence[RunSpec], s: Settings, show: Callable[[str], Non
     for run in selection:
         try:
             state = inspect_run(s.run_dir(run), planned_config(run, s), run.kind)
-        except SweepPending as e:
+        except Pending as e:
             show(f"# {run.key} [waits: {e}]")
             continue
         status = "stale" if state.stale else "done" if state.done else "eval" if state.trained else \
@@ -189,7 +189,7 @@ def main(argv: Sequence[str] | None = None, runner: Runner = run_logged) -> int:
     for run in selection:
         try:
             planned_config(run, s)
-        except SweepPending:  # its config is its sweep runs' (validated here) with the picked lr
+        except Pending:  # its config is its sweep runs' (validated here) with the picked lr
             continue
         except ConfigError as e:
             print(f"error: {run.key}: {e}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import load_config
+from ..finetune.config import load_finetune_config
 from .plan import DatasetSpec, RunSpec, SAVE_EVERY, SCALES, Scale, Sweep, WARMUP_FRACTION
 
 
@@ -84,18 +86,18 @@ def common_overrides(ds: DatasetSpec, s: Settings, kind: str = "train") -> list[
     return out
 
 
-class SweepPending(Exception):
-    """A run's lr comes from a sweep that has not finished."""
+class Pending(Exception):
+    """A run waits for others: the lr sweep its lr comes from, or the run it fine-tunes."""
 
 
 def run_overrides(run: RunSpec, s: Settings) -> list[str]:
     """Every override of ``run``: the scale's and dataset's, the run's own, its sweep's lr, the command line's.
-    Raises SweepPending for a run whose lr sweep is not complete."""
+    Raises Pending for a run whose lr sweep is not complete."""
     out = [*common_overrides(s.dataset(run.dataset), s, run.kind), *run.overrides]
     if run.lr_from is not None:
         lr = s.picked.get(f"{run.dataset}/{run.lr_from}")
         if lr is None:
-            raise SweepPending(f"{run.key} waits for the lr sweep of {run.lr_from}")
+            raise Pending(f"{run.key} waits for the lr sweep of {run.lr_from}")
         out.append(f"train.base_lr={lr:g}")
     return [*out, *s.overrides]
 
@@ -124,11 +126,32 @@ def eval_command(run: RunSpec, s: Settings) -> list[str]:
             "--out", rel(d / "metrics.json"), *(run.eval_args or ()), *s.eval_args]
 
 
+def finetune_overrides(run: RunSpec, s: Settings) -> list[str]:
+    """A fine-tuning run's overrides: its preset as it stands, no tracker, from scratch for the init row.
+    Raises Pending until the run it fine-tunes has finished training (the init row: been set up)."""
+    source = s.out / run.dataset / str(run.source)
+    if not (source / ("config.yaml" if run.source == "init" else "summary.json")).is_file():
+        raise Pending(f"{run.key} waits for {run.dataset}/{run.source} to finish")
+    out = ["train.trackers=[none]", *(["model.from_scratch=true"] if run.source == "init" else [])]
+    return out + ([f"data.num_workers={s.workers}"] if s.workers is not None else [])
+
+
+def finetune_command(run: RunSpec, s: Settings, resume: bool = False) -> list[str]:
+    extra = finetune_overrides(run, s)
+    cmd = [*launcher("finetune", s), "--preset", run.preset, "--checkpoint", rel(s.out / run.dataset / str(run.source)),
+           "--data", s.sources[run.dataset], "--output", rel(s.run_dir(run))]
+    return cmd + (["--resume"] if resume else []) + extra
+
+
 def display(argv: Sequence[str], python: str = sys.executable) -> str:
     return shlex.join(["python" if a == python else a for a in argv])
 
 
 def planned_config(run: RunSpec, s: Settings) -> dict[str, Any]:
+    """The config the run trains with (a finetune run: its fine-tuning config). Raises Pending."""
+    if run.kind == "finetune":
+        where = [f"checkpoint={rel(s.out / run.dataset / str(run.source))}", f"train.output_dir={rel(s.run_dir(run))}"]
+        return dataclasses.asdict(load_finetune_config(run.preset, [*where, *finetune_overrides(run, s)]))
     return load_config(preset_expr(run, s), run_overrides(run, s)).to_dict()
 
 

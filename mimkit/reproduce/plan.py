@@ -23,6 +23,7 @@ class DatasetSpec:
     num_classes: int = 10
     overlay: str | None = None  # a scale overlay stacked on every preset (micro, micro64)
     holdout: int = 0  # train images held out for the learning-rate sweep
+    finetune: str | None = None  # the `mimkit finetune` preset of the fine-tuning column (None: no column)
 
     @property
     def grid(self) -> int:
@@ -45,12 +46,14 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 # The micro scale (a 2-core CPU): an 8x8 grid, the `micro` / `micro64` overlays' 192-wide, 6-deep ViT.
 MICRO_DATASETS: dict[str, DatasetSpec] = {
-    "cifar10": DatasetSpec("cifar10", "CIFAR-10", image_px=32, patch=4, native=32, gap=1, epochs=4, overlay="micro", holdout=5000),
+    "cifar10": DatasetSpec("cifar10", "CIFAR-10", image_px=32, patch=4, native=32, gap=1, epochs=4, overlay="micro", holdout=5000,
+                           finetune="micro"),
     "imagenette": DatasetSpec("imagenette", "Imagenette", image_px=112, patch=8, native=64, gap=2, epochs=20, overlay="micro64",
-                              holdout=1000),
+                              holdout=1000, finetune="micro64"),
 }
-MAIN_PRESETS = ("naive_latent_mim", "mae", "latent_mim", "pilamim")  # the table's rows
-RUN_ORDER = ("mae", "latent_mim", "pilamim", "naive_latent_mim")  # a partial table holds the main comparison first
+MAIN_PRESETS = ("naive_latent_mim", "mae", "latent_mim", "pilamim", "capi")  # the table's rows
+RUN_ORDER = ("mae", "latent_mim", "pilamim", "naive_latent_mim", "capi")  # a partial table holds the main comparison first
+FINETUNED = ("init", "mae", "latent_mim", "pilamim", "capi")  # the rows fine-tuned (init: from scratch), in that order
 MAIN_EVAL = ("--protocols", "nn", "knn", "linear", "sim")
 ABLATION_EVAL = ("--protocols", "nn", "knn", "sim")
 PIXELS_EVAL = ("--protocols", "nn", "knn", "linear")
@@ -105,9 +108,10 @@ class RunSpec:
     preset: str
     overrides: tuple[str, ...] = ()
     eval_args: tuple[str, ...] | None = MAIN_EVAL  # None: not evaluated (a sweep run scores itself)
-    kind: Literal["train", "sweep", "baseline"] = "train"
+    kind: Literal["train", "sweep", "baseline", "finetune"] = "train"
     lr_from: str | None = None  # the preset whose lr sweep picks this run's train.base_lr
     baseline: str | None = None  # a baseline row: "init" or "pixels" (mimkit evaluate --baseline)
+    source: str | None = None  # a finetune run: the run (name) whose encoder it fine-tunes; preset is the finetune preset
 
     @property
     def key(self) -> str:
@@ -173,9 +177,15 @@ def sweep_name(preset: str, lr: float) -> str:
     return f"sweep/{preset}/lr{lr:g}"
 
 
+def finetune_name(source: str, preset: str) -> str:
+    """Where ``mimkit finetune`` writes by default: beside the run it fine-tunes (``-scratch``: the init row)."""
+    return f"{source}/finetune-{preset}" + ("-scratch" if source == "init" else "")
+
+
 def main_runs(ds: DatasetSpec, scale: Scale = SCALES["gpu"]) -> list[RunSpec]:
     """The main table's runs in the order they run: the baselines, then per preset its lr
-    sweep (when the scale has one) followed by its run."""
+    sweep (when the scale has one) followed by its run; last, the fine-tuning of the rows in
+    FINETUNED (when the dataset has a fine-tuning preset), the init row from scratch."""
     gap = {"latent_mim": (f"masking.gap={ds.gap}",)}
     runs: list[RunSpec] = []
     if scale.baselines:
@@ -187,6 +197,9 @@ def main_runs(ds: DatasetSpec, scale: Scale = SCALES["gpu"]) -> list[RunSpec]:
                                                                         f"train.base_lr={lr:g}"), None, "sweep")
                      for lr in scale.sweep.lrs]
         runs.append(RunSpec(ds.key, preset, preset, gap.get(preset, ()), lr_from=preset if scale.sweep else None))
+    if ds.finetune:
+        runs += [RunSpec(ds.key, finetune_name(src, ds.finetune), ds.finetune, eval_args=None, kind="finetune", source=src)
+                 for src in FINETUNED if src != "init" or scale.baselines]
     return runs
 
 

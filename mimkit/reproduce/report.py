@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shlex
 import shutil
 from collections.abc import Mapping
@@ -13,8 +14,8 @@ from typing import Any
 from ..config import ConfigError
 from ..jsonl import read_jsonl
 from .plan import ABLATION_EVAL, BASELINE_LABELS, MAIN_EVAL, PIXELS_EVAL, Plan, RunSpec, Table, WARMUP_FRACTION
-from .commands import Settings, SweepPending, display, eval_command, planned_config, rel, sweep_epochs, train_command
-from .state import RunState, inspect_run, load_timing, median_images_per_s, phase_seconds, read_json
+from .commands import Settings, Pending, display, eval_command, finetune_command, planned_config, rel, sweep_epochs, train_command
+from .state import RunState, inspect_run, load_timing, median_images_per_s, phase_seconds, read_json, read_yaml
 from .runner import sweep_scores
 from .claims import evaluate_claims
 
@@ -58,14 +59,16 @@ def collect(plan: Plan, s: Settings) -> dict[str, RunRecord]:
         planned, ignore = None, ()
         try:
             planned = planned_config(run, s)
-        except SweepPending:  # the lr is not known yet: every other key must still match
-            planned, ignore = planned_config(replace(run, lr_from=None), s), ("train.base_lr",)
+        except Pending:  # the lr is not known yet: every other key must still match
+            if run.lr_from is not None:
+                planned, ignore = planned_config(replace(run, lr_from=None), s), ("train.base_lr",)
         except ConfigError:
             pass
+        finished = read_json(d / "finetune.json") if run.kind == "finetune" else None
         records[run.key] = RunRecord(
             state=inspect_run(d, planned, run.kind, ignore),
-            metrics=read_json(d / "metrics.json"),
-            summary=read_json(d / "summary.json"),
+            metrics=finished or read_json(d / "metrics.json"),
+            summary=finished or read_json(d / "summary.json"),
             timing=load_timing(d),
             images_per_s=median_images_per_s(d),
         )
@@ -102,9 +105,10 @@ def table_md(table: Table, records: Mapping[str, RunRecord], plan: Plan, s: Sett
     linear = table.key == "main" or any(r.metric("linear") is not None for r in recs)
     lr_col = s is not None and s.scale.sweep is not None
     progression_cols = table.key == "ablation"
+    tuned = finetune_runs(plan, table.dataset)  # row run -> its fine-tuning run
     head = (["#", "row", "switch", "run", "NN", "ΔNN"] if progression_cols else ["run", "NN"]) + ["k-NN"]
-    head += (["linear"] if linear else []) + (["few-shot"] if fewshot else []) + ["Sim"] + (["base lr"] if lr_col else [])
-    head += ["train", "eval", "status"]
+    head += (["linear"] if linear else []) + (["few-shot"] if fewshot else []) + ["Sim"] + (["fine-tune"] if tuned else [])
+    head += (["base lr"] if lr_col else []) + ["train", "eval"] + (["fine-tune time"] if tuned else []) + ["status"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     previous: float | None = None
     for i, (row, run, r) in enumerate(zip(table.rows, runs, recs)):
@@ -116,11 +120,52 @@ def table_md(table: Table, records: Mapping[str, RunRecord], plan: Plan, s: Sett
             cells.append("" if i == 0 else ("—" if nn is None or previous is None else f"{nn - previous:+.1f}"))
         cells.append(fmt(r.metric("knn")))
         cells += ([fmt(r.metric("linear"))] if linear else []) + ([fmt_fewshot(r)] if fewshot else [])
-        cells += [fmt(r.metric("sim"), 3)] + ([fmt_lr(run, s)] if lr_col else [])
-        cells += [fmt_time(phase_seconds(r.timing, "train")), fmt_time(phase_seconds(r.timing, "eval")), r.status]
+        ft = records[tuned[row.run].key] if row.run in tuned else None
+        cells += [fmt(r.metric("sim"), 3)] + ([fmt(ft.metric("top1")) if ft else ""] if tuned else [])
+        cells += ([fmt_lr(run, s)] if lr_col else []) + [fmt_time(phase_seconds(r.timing, "train")), fmt_time(phase_seconds(r.timing, "eval"))]
+        cells += ([fmt_time(phase_seconds(ft.timing, "finetune")) if ft else ""] if tuned else []) + [r.status]
         lines.append("| " + " | ".join(cells) + " |")
         previous = nn
     return lines
+
+
+def finetune_runs(plan: Plan, dataset: str) -> dict[str, RunSpec]:
+    return {str(r.source): r for r in plan.runs if r.kind == "finetune" and r.dataset == dataset}
+
+
+def finetune_note(table: Table, plan: Plan, s: Settings) -> list[str]:
+    tuned = finetune_runs(plan, table.dataset)
+    if table.key != "main" or not tuned:
+        return []
+    preset = next(iter(tuned.values())).preset
+    return [f"Fine-tune: top-1 (%) on the test split after `mimkit finetune --preset {preset}` (configs/finetune/{preset}.yaml: "
+            "MAE's recipe, the same for every row); the encoder-at-initialisation row is the same encoder fine-tuned from "
+            "scratch (`model.from_scratch=true`), the row pretraining must beat.", ""]
+
+
+def collapse_verdict(run_dir: Path) -> str | None:
+    """For a run with the cluster head: prototypes in use and assignment entropy at its last logged
+    step, and the verdict. Collapsed: the teacher's assignments near uniform (entropy at least 95% of
+    log K: its tokens no longer tell the prototypes apart) or fewer than max(2, K / 100) prototypes in use."""
+    last = next((rec for rec in reversed(read_jsonl(run_dir / "log.jsonl")) if "cluster/prototypes_used" in rec), None)
+    config = read_yaml(run_dir / "config.yaml")
+    if last is None or config is None:
+        return None
+    k = int(config["objectives"]["cluster"]["prototypes"])
+    used, entropy, top = float(last["cluster/prototypes_used"]), float(last["cluster/entropy"]), math.log(k)
+    collapsed = entropy >= 0.95 * top or used < max(2, k / 100)
+    return (f"{used:.0f} of {k} prototypes in use, assignment entropy {entropy:.2f} nats (uniform: {top:.2f}) at step "
+            f"{last.get('step', '?')} — **{'collapsed' if collapsed else 'no collapse'}**")
+
+
+def collapse_md(table: Table, plan: Plan, s: Settings) -> list[str]:
+    lines = []
+    for row in table.rows:
+        run = plan.run(table.dataset, row.run)
+        if run.kind == "train" and (verdict := collapse_verdict(s.run_dir(run))):
+            lines.append(f"- `{row.run}` collapse check (rule: collapsed when the entropy is at least 95% of log K or "
+                         f"fewer than max(2, K/100) prototypes are in use): {verdict}")
+    return lines + [""] if lines else []
 
 
 def sweep_md(plan: Plan, s: Settings) -> list[str]:
@@ -214,9 +259,11 @@ def claims_md(plan: Plan, records: Mapping[str, RunRecord], s: Settings) -> list
 
 def planned_commands(run: RunSpec, s: Settings) -> list[str]:
     try:
+        if run.kind == "finetune":
+            return [display(finetune_command(run, s), s.python) + "   # planned"]
         train = [] if run.kind == "baseline" else [display(train_command(run, s), s.python) + "   # planned"]
-    except SweepPending:
-        return [f"# planned once the lr sweep of {run.lr_from} is done"]
+    except Pending as e:
+        return [f"# planned: {e}"]
     return train + ([display(eval_command(run, s), s.python) + "   # planned"] if run.eval_args is not None else [])
 
 
@@ -239,7 +286,7 @@ def commands_md(plan: Plan, records: Mapping[str, RunRecord], s: Settings) -> li
 
 
 def details_md(plan: Plan, records: Mapping[str, RunRecord]) -> list[str]:
-    head = ["run", "steps", "epochs", "img/s (median)", "train", "eval", "attempts", "device"]
+    head = ["run", "steps", "epochs", "img/s (median)", "train", "eval", "attempts", "device", "status"]
     lines = ["## Runs", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for run in plan.runs:
         r = records[run.key]
@@ -247,11 +294,13 @@ def details_md(plan: Plan, records: Mapping[str, RunRecord]) -> list[str]:
         devices = ", ".join(dict.fromkeys(a.get("device", "?") for a in attempts)) or "—"
         lines.append("| " + " | ".join([
             f"`{run.key}`", str(summ.get("steps", "—")), str(summ.get("epochs", "—")),
-            fmt(r.images_per_s, 0), fmt_time(phase_seconds(r.timing, "train")), fmt_time(phase_seconds(r.timing, "eval")),
-            str(len(attempts)), devices,
+            fmt(r.images_per_s, 0), fmt_time(phase_seconds(r.timing, "train") + phase_seconds(r.timing, "finetune")),
+            fmt_time(phase_seconds(r.timing, "eval")),
+            str(len(attempts)), devices, r.status,
         ]) + " |")
-    total = sum(phase_seconds(r.timing, p) for r in records.values() for p in ("train", "eval"))
-    return lines + ["", f"Wall time of every attempt so far, training and evaluation: {fmt_time(total)}.", ""]
+    total = sum(phase_seconds(r.timing, p) for r in records.values() for p in ("train", "eval", "finetune"))
+    return lines + ["", "The train column of a fine-tuning run is its fine-tuning.", "",
+                    f"Wall time of every attempt so far, training, evaluation and fine-tuning: {fmt_time(total)}.", ""]
 
 
 def render_results(plan: Plan, records: Mapping[str, RunRecord], s: Settings, invocation: str = "",
@@ -298,7 +347,7 @@ def render_results(plan: Plan, records: Mapping[str, RunRecord], s: Settings, in
         if t.key == "ablation":
             lines += ["Each row adds one switch to the previous row (overrides on `naive_latent_mim`); the first and last "
                       "rows are the main table's `naive_latent_mim` and `latent_mim` runs. ΔNN is against the previous row.", ""]
-        lines += table_md(t, records, plan, s) + [""]
+        lines += table_md(t, records, plan, s) + [""] + finetune_note(t, plan, s) + collapse_md(t, plan, s)
         png = figures / f"nn-{t.dataset}-{t.key}.png" if figures is not None else None
         if png is not None and draw_curves(t, plan, s, png):
             lines += [f"![NN during training, {t.title}]({png.parent.name}/{png.name})", ""]
@@ -306,7 +355,8 @@ def render_results(plan: Plan, records: Mapping[str, RunRecord], s: Settings, in
     return "\n".join(lines).rstrip() + "\n"
 
 
-SMALL_FILES = ("config.yaml", "summary.json", "metrics.json", "timing.json", "log.jsonl", "train.log", "eval.log")
+SMALL_FILES = ("config.yaml", "summary.json", "metrics.json", "timing.json", "log.jsonl", "train.log", "eval.log",
+               "finetune.yaml", "finetune.json", "finetune.log")
 
 
 def export(plan: Plan, s: Settings, results: Path, dest: Path) -> None:

@@ -16,7 +16,7 @@ import yaml
 
 from ..platform_info import cpu_model
 from .plan import Plan, RunSpec, sweep_name
-from .commands import Settings, SweepPending, display, eval_command, planned_config, train_command
+from .commands import Settings, Pending, display, eval_command, finetune_command, planned_config, train_command
 from .state import inspect_run, load_timing, read_json, write_json
 
 Runner = Callable[[list[str], Path, Callable[[float], None]], int]
@@ -113,12 +113,15 @@ class Outcome:
     message: str = ""
 
 
+PHASE_OUTPUT = {"train": "summary.json", "eval": "metrics.json", "finetune": "finetune.json"}  # what a phase leaves when it succeeds
+
+
 def process_run(run: RunSpec, s: Settings, device: str, budget: Budget, runner: Runner,
                 show: Callable[[str], None] = print) -> Outcome:
     d = s.run_dir(run)
     try:
         planned = planned_config(run, s)
-    except SweepPending as e:
+    except Pending as e:
         show(f"[{run.key}] not started: {e}")
         return Outcome(run.key, "deferred", str(e))
     state = inspect_run(d, planned, run.kind)
@@ -138,14 +141,17 @@ def process_run(run: RunSpec, s: Settings, device: str, budget: Budget, runner: 
     start = time.monotonic()
     if run.kind == "baseline":  # nothing to train: the evaluation rebuilds the encoder from this config
         (d / "config.yaml").write_text(yaml.safe_dump(planned, sort_keys=False))
-    train = [] if state.trained or run.kind == "baseline" else [("train", train_command(run, s, resume=state.checkpoint))]
-    phases = train + ([("eval", eval_command(run, s))] if run.eval_args is not None else [])
+    if run.kind == "finetune":
+        phases = [("finetune", finetune_command(run, s, resume=state.checkpoint))]
+    else:
+        train = [] if state.trained or run.kind == "baseline" else [("train", train_command(run, s, resume=state.checkpoint))]
+        phases = train + ([("eval", eval_command(run, s))] if run.eval_args is not None else [])
     for phase, argv in phases:
         if phase == "eval" and (d / "metrics.json").is_file():
             break
         show(f"[{run.key}] {phase}{' (resuming)' if '--resume' in argv else ''}: {display(argv, s.python)}")
         rc = attempt(d, phase, argv, device, runner, s.python)
-        expected = d / ("summary.json" if phase == "train" else "metrics.json")
+        expected = d / PHASE_OUTPUT[phase]
         if rc != 0 or not expected.is_file():
             why = f"exit {rc}" if rc != 0 else f"exit 0 but no {expected.name}"
             show(f"[{run.key}] FAILED in {phase} ({why}); last lines of {d / f'{phase}.log'}:\n{tail(d / f'{phase}.log')}")

@@ -12,29 +12,36 @@ from typing import Any
 import yaml
 
 from ..checkpoint import step_dirs
-from ..resume import config_diff
+from ..config import flatten
+from ..resume import OPERATIONAL_KEYS, config_diff
+
+# per kind: the file that says the run has finished its work, and the config it saves
+FINISHED = {"finetune": "finetune.json"}
+SAVED_CONFIG = {"finetune": "finetune.yaml"}
 
 @dataclass(frozen=True)
 class RunState:
-    trained: bool = False  # summary.json
+    trained: bool = False  # summary.json (a finetune run: finetune.json)
     evaluated: bool = False  # metrics.json
     checkpoint: bool = False  # a complete checkpoints/step_* to resume from
     stale: tuple[str, ...] = ()  # config keys in which the directory's run differs from the plan
-    kind: str = "train"  # RunSpec.kind: a sweep run is done once trained, a baseline once evaluated
+    kind: str = "train"  # RunSpec.kind: a sweep or finetune run is done once trained, a baseline once evaluated
 
     @property
     def done(self) -> bool:
-        finished = {"sweep": self.trained, "baseline": self.evaluated}.get(self.kind, self.trained and self.evaluated)
+        finished = {"sweep": self.trained, "finetune": self.trained, "baseline": self.evaluated}.get(
+            self.kind, self.trained and self.evaluated)
         return finished and not self.stale
 
 
 def inspect_run(run_dir: Path, planned: Mapping[str, Any] | None = None, kind: str = "train", ignore: Sequence[str] = ()) -> RunState:
     stale: tuple[str, ...] = ()
-    saved = run_dir / "config.yaml"
+    saved = run_dir / SAVED_CONFIG.get(kind, "config.yaml")
     if planned is not None and saved.is_file():
-        stale = tuple(config_diff(yaml.safe_load(saved.read_text()) or {}, planned, ignore))
+        diff = finetune_diff if kind == "finetune" else config_diff
+        stale = tuple(diff(yaml.safe_load(saved.read_text()) or {}, planned, ignore))
     return RunState(
-        trained=(run_dir / "summary.json").is_file(),
+        trained=(run_dir / FINISHED.get(kind, "summary.json")).is_file(),
         evaluated=(run_dir / "metrics.json").is_file(),
         checkpoint=bool(step_dirs(run_dir)),
         stale=stale,
@@ -42,10 +49,24 @@ def inspect_run(run_dir: Path, planned: Mapping[str, Any] | None = None, kind: s
     )
 
 
+def finetune_diff(saved: Mapping[str, Any], planned: Mapping[str, Any], ignore: Sequence[str] = ()) -> list[str]:
+    """Dotted keys in which two fine-tuning configs differ, operational keys aside."""
+    a, b = flatten(dict(saved)), flatten(dict(planned))
+    skip = OPERATIONAL_KEYS | set(ignore)
+    return sorted(k for k in a.keys() | b.keys() if k not in skip and a.get(k) != b.get(k))
+
+
 def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
+        return None
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
         return None
 
 
