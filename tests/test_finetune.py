@@ -155,3 +155,21 @@ def test_from_scratch_is_the_runs_encoder_before_its_first_step(tmp_path, export
         str(run / "finetune-micro-scratch")
     with pytest.raises(ConfigError, match="model.from_scratch"):
         build_classifier(str(exported), 4, FtModelConfig(from_scratch=True))
+
+
+def test_randaugment_at_full_magnitude_posterizes_to_black_instead_of_failing():
+    import random
+
+    import numpy as np
+    from PIL import Image
+
+    from mimkit.finetune.trainer import posterize, train_transform
+
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    assert np.asarray(posterize(img, 0)).max() == 0 and np.array_equal(np.asarray(posterize(img, 8)), np.asarray(img))
+    # magnitude 10 without noise: the increasing posterize keeps 0 bits each time RandAugment draws it
+    cfg = load_finetune_config("micro", ["checkpoint=x", "aug.auto_augment=rand-m10-n2-mstd0-inc1-p1.0"])
+    transform = train_transform(32, cfg)
+    random.seed(0)
+    for _ in range(100):
+        assert transform(img).shape == (3, 32, 32)

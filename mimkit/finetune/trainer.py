@@ -14,7 +14,8 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
-from timm.data import Mixup, create_transform
+from PIL import Image
+from timm.data import Mixup, auto_augment, create_transform
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from torch import Tensor
@@ -39,6 +40,23 @@ def make_accelerator(cfg: FinetuneConfig, out: Path) -> Accelerator:
                        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
 
 
+def posterize(img: Image.Image, bits_to_keep: int, **kwargs: Any) -> Image.Image:
+    """timm's posterize, except that keeping 0 bits gives a black image: RandAugment's increasing
+    posterize keeps 4 down to 0 bits, which Pillow (11 and later) refuses for 0."""
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return auto_augment.posterize(img, bits_to_keep, **kwargs)
+
+
+def with_zero_bit_posterize(transform: Any) -> Any:
+    """``transform`` (timm's Compose) with every RandAugment posterize op calling ``posterize``."""
+    for stage in getattr(transform, "transforms", ()):
+        for op in getattr(stage, "ops", ()):
+            if getattr(op, "aug_fn", None) is auto_augment.posterize:
+                op.aug_fn = posterize
+    return transform
+
+
 def seeded(transform: Callable[[Any], Tensor]) -> Callable[[Any], Tensor]:
     """timm's training transform draws from Python's ``random``: seed it from torch's generator,
     which the dataset seeds per (epoch, index), so augmentations do not depend on workers or resume."""
@@ -48,6 +66,14 @@ def seeded(transform: Callable[[Any], Tensor]) -> Callable[[Any], Tensor]:
         return transform(img)
 
     return apply
+
+
+def train_transform(size: int, cfg: FinetuneConfig) -> Callable[[Image.Image], Tensor]:
+    """MAE's fine-tuning augmentation, built by timm: random resized crop, flip, RandAugment, random erasing."""
+    a = cfg.aug
+    return with_zero_bit_posterize(create_transform(
+        size, is_training=True, scale=tuple(a.scale), auto_augment=a.auto_augment, re_prob=a.reprob, re_mode="pixel",
+        interpolation="bicubic", mean=tuple(cfg.data.mean), std=tuple(cfg.data.std)))
 
 
 def num_classes_of(splits: Any) -> int:
@@ -94,8 +120,7 @@ def finetune(cfg: FinetuneConfig, accelerator: Accelerator, out: Path, resume: b
     classes = num_classes_of(splits)
     model = build_classifier(cfg.checkpoint, classes, cfg.model)
     size = model.patch_embed.img_size[0]
-    train_tf = create_transform(size, is_training=True, scale=tuple(a.scale), auto_augment=a.auto_augment, re_prob=a.reprob,
-                                re_mode="pixel", interpolation="bicubic", mean=tuple(cfg.data.mean), std=tuple(cfg.data.std))
+    train_tf = train_transform(size, cfg)
     train_set = splits.dataset(splits.train, seeded(train_tf), seed=cfg.train.seed, on_error="substitute")
     micro = o.batch_size // accelerator.num_processes
     if o.batch_size % accelerator.num_processes or len(train_set) < o.batch_size or (micro % 2 and (a.mixup or a.cutmix)):
