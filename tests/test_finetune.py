@@ -92,6 +92,7 @@ def test_a_tiny_fine_tune_learns_resumes_exactly_and_exports_a_timm_classifier(t
     assert sum(losses[s] for s in (14, 15, 16)) < sum(losses[s] for s in (1, 2, 3))  # the training loss goes down
     result = json.loads((full / "finetune.json").read_text())
     assert result["steps"] == 16 and 0 <= result["top1"] <= result["top5"] <= 100
+    assert result["train_seconds"] > 0 and all(r["images_per_s"] > 0 for r in read_log(full) if "loss" in r)
     # resume from the step-8 checkpoint in another directory: the same losses after it
     (part / "checkpoints").mkdir(parents=True)
     shutil.copytree(full / "checkpoints" / "step_00000008", part / "checkpoints" / "step_00000008")

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import random
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -164,6 +165,7 @@ def finetune(cfg: FinetuneConfig, accelerator: Accelerator, out: Path, resume: b
 
     model.train()
     running: list[Tensor] = []
+    window_start, started = time.perf_counter(), time.perf_counter()
     while state.step < total:
         train_set.set_epoch(state.epoch)
         loader.set_epoch(state.epoch)
@@ -187,9 +189,11 @@ def finetune(cfg: FinetuneConfig, accelerator: Accelerator, out: Path, resume: b
             state.batch_in_epoch += 1
             if state.step % cfg.train.log_every == 0 or state.step == total:
                 mean = accelerator.reduce(torch.stack(running).mean(), "mean").item()
-                running = []
-                jsonl.write({"step": state.step, "epoch": state.epoch, "loss": mean, "lr": lr})
-                accelerator.log({"loss": mean, "lr": lr}, step=state.step)
+                now = time.perf_counter()
+                rate = len(running) * o.batch_size / max(now - window_start, 1e-9)  # images/s over the window
+                running, window_start = [], now
+                jsonl.write({"step": state.step, "epoch": state.epoch, "loss": mean, "lr": lr, "images_per_s": rate})
+                accelerator.log({"loss": mean, "lr": lr, "images_per_s": rate}, step=state.step)
             if state.step % cfg.train.save_every == 0 and state.step < total:
                 ckpt.save_state(accelerator, out, state, cfg.train.keep_last)
             if state.step >= total:
@@ -197,7 +201,9 @@ def finetune(cfg: FinetuneConfig, accelerator: Accelerator, out: Path, resume: b
         else:
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
     ckpt.save_state(accelerator, out, state, cfg.train.keep_last)
-    result: dict[str, Any] = {"checkpoint": cfg.checkpoint, "classes": classes, "steps": total, "epochs": round(total / per_epoch, 3)}
+    result: dict[str, Any] = {"checkpoint": cfg.checkpoint, "classes": classes, "steps": total, "epochs": round(total / per_epoch, 3),
+                              "mixed_precision": accelerator.mixed_precision,
+                              "train_seconds": round(time.perf_counter() - started, 1)}  # this session's; a resumed run's is partial
     if eval_loader is not None:
         ks = (1, 5) if classes > 5 else (1,)
         result.update(top_k(model, eval_loader, accelerator, ks), eval_split=splits.eval)
