@@ -56,6 +56,8 @@ def test_synthetic_run_reports_real_numbers(bench: ModuleType, capsys: pytest.Ca
     assert rec["images_per_s"] > 0 and rec["step_ms"] > 0
     assert rec["flops_per_step"] > 0 and rec["tflop_per_s"] > 0
     assert rec["gflop_per_image"] == pytest.approx(rec["flops_per_step"] / 4 / 1e9, rel=1e-3)
+    assert rec["matmul_tflop_per_s"] > 0 and rec["matmul_share"] == pytest.approx(rec["tflop_per_s"] / rec["matmul_tflop_per_s"], rel=0.05, abs=1e-4)
+    assert rec["top_ops"] is None  # off unless asked for
     split = rec["split_ms"]
     assert {"context_encoder", "target_encoder", "head/latent", "forward_other", "backward", "optimizer", "ema", "step"} <= split.keys()
     assert all(v > 0 for k, v in split.items() if k != "forward_other")
@@ -166,3 +168,18 @@ def test_masking_bench_times_three_paths_that_cut_the_same_patches(capsys: pytes
     loop_vis, _ = module.cut_with_loops(images, g, (shifted, masks[1], masks[2]))
     ref_vis, _ = module.cut(images, g, masks)
     assert torch.equal(loop_vis, ref_vis) == (gap == 0 or torch.equal(shifted, masks[0]))
+
+
+def test_operator_table_lists_the_costliest_operators(bench: ModuleType, capsys: pytest.CaptureFixture) -> None:
+    (rec,) = run(bench, capsys, TINY + ["--split-steps", "0", "--ops", "5"])
+    ops = rec["top_ops"]
+    assert len(ops) == 5 and all(o["calls"] >= 1 for o in ops)
+    assert [o["self_ms"] for o in ops] == sorted((o["self_ms"] for o in ops), reverse=True)
+    assert any(o["op"] in ("aten::addmm", "aten::mm", "aten::bmm", "aten::linear") for o in ops)  # a ViT step is mostly matmuls
+
+
+def test_matmul_rate_is_the_flops_of_the_product_over_its_time() -> None:
+    from mimkit.bench.measure import matmul_tflops
+
+    rate = matmul_tflops(torch.device("cpu"), "fp32", n=256, reps=2)
+    assert 1e-4 < rate < 100  # TFLOP/s of a CPU: a wrong power of ten in the formula lands outside

@@ -24,7 +24,10 @@ W warm-up steps (the first one, which compiles under ``--compile``, is timed as
 (``host_syncs_per_step``, CUDA only), then, on an eager copy of the model, one untimed step
 whose forward + backward FLOPs are counted with FlopCounterMode and K profiled steps for the
 time split (CUDA events at forward hooks of the context encoder, target encoder and heads,
-and around backward, optimizer and EMA).
+and around backward, optimizer and EMA). ``matmul_share`` is the step's model FLOP/s over the
+device's own dense matmul rate at the same precision (``matmul_tflop_per_s``, an n x n product
+timed on the spot); ``--ops N`` lists the N operators of one eager step with the most self time
+(torch.profiler), to see where a step's time goes beyond the matmuls.
 
 Each optimisation can be switched off on its own to measure what it gives: ``--precision
 fp32`` (bf16 autocast), ``--attn math`` (fused scaled-dot-product attention: the math
@@ -61,7 +64,8 @@ import torch
 from ..config import ConfigError, RunConfig, load_config
 from .clocks import Clock
 from .step import PRECISIONS, adamw_impl, default_precision, loader_images, make_runner, synthetic_images
-from .measure import count_flops, count_host_syncs, device_name, peak_memory, profile_split, release, time_steps
+from .measure import (count_flops, count_host_syncs, device_name, matmul_tflops, peak_memory, profile_split, release,
+                      time_steps, top_ops)
 
 
 # --------------------------------------------------------------------------- arguments
@@ -93,6 +97,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--data-only", action="store_true", help="with --data: time decoding + augmentation + copy alone (no model)")
     ap.add_argument("--precision", choices=sorted(PRECISIONS), help="autocast dtype (default: the config's train.mixed_precision)")
     ap.add_argument("--device", choices=["cuda", "cpu"], help="default: cuda when available")
+    ap.add_argument("--ops", type=int, default=0, metavar="N", help="list the N operators of one eager step with the most self time")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     args = ap.parse_intermixed_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.split_steps < 0:
@@ -129,7 +134,10 @@ def bench_one(cfg: RunConfig, args: argparse.Namespace, batch: int) -> dict[str,
         runner = make_runner(cfg, args, batch, "none")
     flops = count_flops(runner, next(batches))
     split = profile_split(runner, batches, args.split_steps, clock, bool(args.data)) if args.split_steps else None
+    ops = top_ops(runner, next(batches), args.ops) if args.ops else None
     step_s = elapsed_ms / 1e3 / args.steps
+    precision = args.precision or default_precision(cfg, device.type)
+    ceiling = matmul_tflops(device, precision)
     return {
         "preset": cfg.preset,
         "model": cfg.model.name,
@@ -139,7 +147,7 @@ def bench_one(cfg: RunConfig, args: argparse.Namespace, batch: int) -> dict[str,
         "warmup": warmup,
         "device": device.type,
         "device_name": device_name(device),
-        "precision": args.precision or default_precision(cfg, device.type),
+        "precision": precision,
         "compile": args.compile,
         "attn": args.attn,
         "adamw": adamw_impl(args),
@@ -155,10 +163,13 @@ def bench_one(cfg: RunConfig, args: argparse.Namespace, batch: int) -> dict[str,
         "flops_per_step": flops,
         "gflop_per_image": round(flops / batch / 1e9, 4),
         "tflop_per_s": round(flops / step_s / 1e12, 4),
+        "matmul_tflop_per_s": round(ceiling, 4),
+        "matmul_share": round(flops / step_s / 1e12 / ceiling, 4),  # model FLOP/s over the device's matmul rate
         "peak_mem_gib": peak,
         "host_syncs_per_step": syncs,
         "split_ms": split,
         "split_steps": args.split_steps,
+        "top_ops": ops,
         "torch": torch.__version__,
         "cpu_threads": torch.get_num_threads() if device.type == "cpu" else None,
     }

@@ -14,7 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..platform_info import cpu_model
 from .clocks import Clock, SplitRecorder, instrumented
-from .step import StepRunner
+from .step import PRECISIONS, StepRunner
 
 
 # --------------------------------------------------------------------------- measurements
@@ -92,6 +92,41 @@ def profile_split(runner: StepRunner, batches: Iterator[Tensor], steps: int, clo
         split["data"] = totals["data"]
     split["step"] = totals["step"]
     return {k: round(v, 3) for k, v in split.items()}
+
+
+def matmul_tflops(device: torch.device, precision: str, n: int | None = None, reps: int = 3) -> float:
+    """The device's own dense matmul rate at ``precision``: TFLOP/s of an n x n by n x n product
+    (n 2048 on a CPU, 8192 on a GPU), the best of ``reps`` after one warm-up: the ceiling a
+    step's model FLOP/s is compared against."""
+    n = n or (8192 if device.type == "cuda" else 2048)
+    dtype = PRECISIONS[precision] or torch.float32
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    clock = Clock(device)
+    best = float("inf")
+    for i in range(reps + 1):
+        clock.sync()
+        start = clock.mark()
+        torch.mm(a, b)
+        end = clock.mark()
+        clock.sync()
+        if i:  # the first product warms up
+            best = min(best, clock.ms(start, end))
+    return 2 * n**3 / (best / 1e3) / 1e12
+
+
+def top_ops(runner: StepRunner, images: Tensor, n: int) -> list[dict[str, Any]]:
+    """The ``n`` operators of one eager step with the most self time (torch.profiler), in ms."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = runner.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        runner.step(images)
+        if cuda:
+            torch.cuda.synchronize(runner.device)
+    attr = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, attr), reverse=True)[:n]
+    return [{"op": e.key, "self_ms": round(getattr(e, attr) / 1e3, 3), "calls": e.count} for e in events]
 
 
 def device_name(device: torch.device) -> str:
