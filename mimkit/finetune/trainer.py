@@ -43,7 +43,7 @@ def make_accelerator(cfg: FinetuneConfig, out: Path) -> Accelerator:
 
 def posterize(img: Image.Image, bits_to_keep: int, **kwargs: Any) -> Image.Image:
     """timm's posterize, except that keeping 0 bits gives a black image: RandAugment's increasing
-    posterize keeps 4 down to 0 bits, which Pillow (11 and later) refuses for 0."""
+    posterize keeps 4 down to 0 bits, and recent Pillow refuses 0 (an old Pillow gave black)."""
     if bits_to_keep <= 0:
         return Image.new(img.mode, img.size)
     return auto_augment.posterize(img, bits_to_keep, **kwargs)
