@@ -140,6 +140,7 @@ GOOD = {
     "mae": {"nn": 30.0, "linear": 50.0, "sim": 0.3},
     "latent_mim": {"nn": 32.0, "linear": 50.0, "sim": 0.4},
     "pilamim": {"nn": 28.0, "linear": 49.0, "sim": 0.3},
+    "capi": {"nn": 29.0, "linear": 48.0, "sim": 0.3},
 }
 
 

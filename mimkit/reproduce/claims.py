@@ -38,7 +38,7 @@ def _claim(title: str, rule: str, metrics: Mapping[str, Mapping[str, Any] | None
     return Claim(title, rule, "reproduced" if ok else "not reproduced", detail)
 
 
-NON_NAIVE = ("mae", "latent_mim", "pilamim")
+NON_NAIVE = ("mae", "latent_mim", "pilamim", "capi")
 
 
 def evaluate_claims(metrics: Mapping[str, Mapping[str, Any] | None], num_classes: int = 10, with_pixels: bool = False) -> list[Claim]:
@@ -66,7 +66,7 @@ def evaluate_claims(metrics: Mapping[str, Mapping[str, Any] | None], num_classes
         px = v["pixels", "nn"]
         return all(v[p, "nn"] > px for p in NON_NAIVE), ", ".join(f"{p} {v[p, 'nn']:.1f}" for p in NON_NAIVE) + f" vs pixels {px:.1f}"
 
-    pixel_title, pixel_rule = "every non-naive preset's NN beats raw pixels", "NN(p) > NN(raw pixels) for mae, latent_mim, pilamim"
+    pixel_title, pixel_rule = "every non-naive preset's NN beats raw pixels", f"NN(p) > NN(raw pixels) for {', '.join(NON_NAIVE)}"
     pixel_claim = [_claim(pixel_title, pixel_rule, metrics, [("pixels", "nn"), *((p, "nn") for p in NON_NAIVE)], beat_pixels)]
     px, known = _value(metrics, "pixels", "nn"), {p: _value(metrics, p, "nn") for p in NON_NAIVE}
     beaten = [p for p, v in known.items() if v is not None and px is not None and v <= px]
