@@ -36,6 +36,10 @@ class Settings:
     def run_dir(self, run: RunSpec) -> Path:
         return self.out / run.dataset / run.name
 
+    def source_dir(self, run: RunSpec) -> Path:
+        """The directory of the run a finetune run fine-tunes."""
+        return self.out / run.dataset / str(run.source)
+
     def dataset(self, key: str) -> DatasetSpec:
         return self.scale.datasets[key]
 
@@ -129,7 +133,7 @@ def eval_command(run: RunSpec, s: Settings) -> list[str]:
 def finetune_overrides(run: RunSpec, s: Settings) -> list[str]:
     """A fine-tuning run's overrides: its preset as it stands, no tracker, from scratch for the init row.
     Raises Pending until the run it fine-tunes has finished training (the init row: been set up)."""
-    source = s.out / run.dataset / str(run.source)
+    source = s.source_dir(run)
     if not (source / ("config.yaml" if run.source == "init" else "summary.json")).is_file():
         raise Pending(f"{run.key} waits for {run.dataset}/{run.source} to finish")
     out = ["train.trackers=[none]", *(["model.from_scratch=true"] if run.source == "init" else [])]
@@ -138,7 +142,7 @@ def finetune_overrides(run: RunSpec, s: Settings) -> list[str]:
 
 def finetune_command(run: RunSpec, s: Settings, resume: bool = False) -> list[str]:
     extra = finetune_overrides(run, s)
-    cmd = [*launcher("finetune", s), "--preset", run.preset, "--checkpoint", rel(s.out / run.dataset / str(run.source)),
+    cmd = [*launcher("finetune", s), "--preset", run.preset, "--checkpoint", rel(s.source_dir(run)),
            "--data", s.sources[run.dataset], "--output", rel(s.run_dir(run))]
     return cmd + (["--resume"] if resume else []) + extra
 
@@ -150,7 +154,7 @@ def display(argv: Sequence[str], python: str = sys.executable) -> str:
 def planned_config(run: RunSpec, s: Settings) -> dict[str, Any]:
     """The config the run trains with (a finetune run: its fine-tuning config). Raises Pending."""
     if run.kind == "finetune":
-        where = [f"checkpoint={rel(s.out / run.dataset / str(run.source))}", f"train.output_dir={rel(s.run_dir(run))}"]
+        where = [f"checkpoint={rel(s.source_dir(run))}", f"train.output_dir={rel(s.run_dir(run))}"]
         return dataclasses.asdict(load_finetune_config(run.preset, [*where, *finetune_overrides(run, s)]))
     return load_config(preset_expr(run, s), run_overrides(run, s)).to_dict()
 
