@@ -414,6 +414,17 @@ def test_micro_fine_tunes_the_trained_rows_and_the_init_row_from_scratch(tmp_pat
     head = "| run | NN | k-NN | linear | Sim | fine-tune | base lr | train | eval | fine-tune time | status |"
     assert head in text and "| encoder at initialisation | 30.0 | 31.0 | 40.0 | 0.400 | 60.0 |" in text
     assert "| `mae` | 30.0 | 31.0 | 40.0 | 0.400 | 70.0 | 0.0015 |" in text and "`mimkit finetune --preset micro`" in text
+    # the dry run prints the command each run would run next: none for what is done, mimkit finetune for a fine-tuning
+    assert main([*args, "--dry-run"], runner=never) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "# cifar10/mae/finetune-micro [done]" in lines and not any(" train " in x or " evaluate " in x for x in lines)
+    scores = tmp_path / "runs" / "cifar10" / "mae" / "finetune-micro" / "finetune.json"
+    scores.rename(scores.with_suffix(".bak"))
+    assert main([*args, "--dry-run"], runner=never) == 0
+    lines = capsys.readouterr().out.splitlines()
+    i = lines.index("# cifar10/mae/finetune-micro [new]")
+    assert lines[i + 1].startswith("python -m mimkit finetune --preset micro --checkpoint ")
+    scores.with_suffix(".bak").rename(scores)
     # a second invocation skips what is done; a fine-tuning config that changed makes its run stale
     saved = tmp_path / "runs" / "cifar10" / "mae" / "finetune-micro" / "finetune.yaml"
     saved.write_text(saved.read_text().replace("layer_decay: 0.75", "layer_decay: 0.5"))

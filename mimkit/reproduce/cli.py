@@ -3,7 +3,7 @@
     mimkit reproduce --data-root .data --workers 12 --time-budget 25   # main + ablation tables
     mimkit reproduce --data-root .data --tables main --datasets cifar10
     mimkit reproduce --scale micro --time-budget 110   # the CPU-sized study
-    mimkit reproduce --dry-run                # print every command, run nothing
+    mimkit reproduce --dry-run                # print what each run still needs, run nothing
     mimkit reproduce --report-only            # rewrite the document from the runs on disk
 
 Every run is `python -m mimkit train --preset P --data D --output OUT/<dataset>/<name> [overrides]`, then
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..config import ConfigError
 from .plan import ALL_TABLES, DATASETS, DEFAULT_ABLATION_DATASET, Plan, RunSpec, SCALES, Scale, build_plan
-from .commands import Settings, Pending, display, eval_command, planned_config, rel, train_command
+from .commands import Settings, Pending, display, phases, planned_config, rel
 from .state import inspect_run
 from .runner import Budget, Runner, detect_device, pick_lrs, process_run, run_logged
 from .report import collect, export, render_results
@@ -105,7 +105,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    + "; ".join(f"{n}: {sc.out}" for n, sc in SCALES.items()) + ")")
     g.add_argument("--results", help="the report to write (default: " + "; ".join(f"{n}: {sc.results}" for n, sc in SCALES.items())
                    + "); pictures go to the folder of the same name"),
-    g.add_argument("--dry-run", action="store_true", help="print the commands, run nothing, write nothing")
+    g.add_argument("--dry-run", action="store_true", help="print the commands each run still needs, run nothing, write nothing")
     g.add_argument("--report-only", action="store_true", help="write the report from the runs on disk, run nothing")
     g.add_argument("--time-budget", type=float, metavar="MIN", help="start no run past this many minutes")
     g.add_argument("--processes", type=int, default=1, help="accelerate launch --num_processes N when N > 1")
@@ -166,10 +166,8 @@ def dry_run(selection: Sequence[RunSpec], s: Settings, show: Callable[[str], Non
         status = "stale" if state.stale else "done" if state.done else "eval" if state.trained else \
             "resume" if state.checkpoint else "new"
         show(f"# {run.key} [{status}]")
-        if not state.trained and run.kind != "baseline":
-            show(display(train_command(run, s, resume=state.checkpoint), s.python))
-        if run.eval_args is not None:
-            show(display(eval_command(run, s), s.python))
+        for _, argv in phases(run, s, state.trained, state.evaluated, state.checkpoint):
+            show(display(argv, s.python))
 
 
 def main(argv: Sequence[str] | None = None, runner: Runner = run_logged) -> int:

@@ -147,6 +147,14 @@ def finetune_command(run: RunSpec, s: Settings, resume: bool = False) -> list[st
     return cmd + (["--resume"] if resume else []) + extra
 
 
+def phases(run: RunSpec, s: Settings, trained: bool, evaluated: bool, checkpoint: bool) -> list[tuple[str, list[str]]]:
+    """The (phase, argv) steps ``run`` still needs, in order, given what its directory holds."""
+    if run.kind == "finetune":
+        return [] if trained else [("finetune", finetune_command(run, s, resume=checkpoint))]
+    steps = [] if trained or run.kind == "baseline" else [("train", train_command(run, s, resume=checkpoint))]
+    return steps + ([("eval", eval_command(run, s))] if run.eval_args is not None and not evaluated else [])
+
+
 def display(argv: Sequence[str], python: str = sys.executable) -> str:
     return shlex.join(["python" if a == python else a for a in argv])
 

@@ -16,7 +16,7 @@ import yaml
 
 from ..platform_info import cpu_model
 from .plan import Plan, RunSpec, sweep_name
-from .commands import Settings, Pending, display, eval_command, finetune_command, planned_config, train_command
+from .commands import Settings, Pending, display, phases, planned_config
 from .state import inspect_run, load_timing, read_json, write_json
 
 Runner = Callable[[list[str], Path, Callable[[float], None]], int]
@@ -141,14 +141,7 @@ def process_run(run: RunSpec, s: Settings, device: str, budget: Budget, runner: 
     start = time.monotonic()
     if run.kind == "baseline":  # nothing to train: the evaluation rebuilds the encoder from this config
         (d / "config.yaml").write_text(yaml.safe_dump(planned, sort_keys=False))
-    if run.kind == "finetune":
-        phases = [("finetune", finetune_command(run, s, resume=state.checkpoint))]
-    else:
-        train = [] if state.trained or run.kind == "baseline" else [("train", train_command(run, s, resume=state.checkpoint))]
-        phases = train + ([("eval", eval_command(run, s))] if run.eval_args is not None else [])
-    for phase, argv in phases:
-        if phase == "eval" and (d / "metrics.json").is_file():
-            break
+    for phase, argv in phases(run, s, state.trained, state.evaluated, state.checkpoint):
         show(f"[{run.key}] {phase}{' (resuming)' if '--resume' in argv else ''}: {display(argv, s.python)}")
         rc = attempt(d, phase, argv, device, runner, s.python)
         expected = d / PHASE_OUTPUT[phase]
