@@ -29,15 +29,21 @@ OPERATIONAL_KEYS = frozenset({
 LENGTH_KEYS = ("train.epochs", "train.max_steps")  # changeable on resume with --extend
 
 
+def changed_keys(saved: Mapping[str, Any], planned: Mapping[str, Any], ignore: Sequence[str] = ()) -> list[str]:
+    """Dotted keys in which two config trees differ, operational keys and ``ignore`` aside."""
+    a, b = flatten(dict(saved)), flatten(dict(planned))
+    skip = OPERATIONAL_KEYS | set(ignore)
+    return sorted(k for k in a.keys() | b.keys() if k not in skip and a.get(k) != b.get(k))
+
+
 def config_diff(saved: Mapping[str, Any], planned: Mapping[str, Any], ignore: Sequence[str] = ()) -> list[str]:
-    """Dotted keys whose values differ, operational keys and ``ignore`` aside. A key the saved
-    config lacks (written before the key existed) counts at its schema default."""
+    """``changed_keys`` of two training configs. A key the saved config lacks (written before the
+    key existed) counts at its schema default; the settings of a head that neither config builds
+    (weight 0 in both) change nothing."""
     a = {**flatten(RunConfig().to_dict()), **flatten(saved)}
     b = flatten(planned)
-    skip = OPERATIONAL_KEYS | set(ignore)
-    # the settings of a head that neither config builds (weight 0 in both) change nothing
     idle = tuple(f"objectives.{h}." for h in RunConfig().objectives.heads() if not a.get(f"objectives.{h}.weight") and not b.get(f"objectives.{h}.weight"))
-    return sorted(k for k in a.keys() | b.keys() if k not in skip and not k.startswith(idle) and a.get(k) != b.get(k))
+    return [k for k in changed_keys(a, b, ignore) if not k.startswith(idle)]
 
 
 def run_dir_of(resume: str, output: str | None) -> Path | None:

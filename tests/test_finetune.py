@@ -82,7 +82,7 @@ def run_finetune(*args: str) -> int:
         reset_accelerate()
 
 
-def test_a_tiny_fine_tune_learns_resumes_exactly_and_exports_a_timm_classifier(tmp_path, exported):
+def test_a_tiny_fine_tune_learns_resumes_exactly_and_exports_a_timm_classifier(tmp_path, exported, capsys):
     full, part = tmp_path / "full", tmp_path / "part"
     common = [*FAST, "--checkpoint", str(exported), "optim.max_steps=16", "train.save_every=8", "optim.base_lr=0.02",
               "aug.mixup=0", "aug.cutmix=0"]
@@ -93,10 +93,15 @@ def test_a_tiny_fine_tune_learns_resumes_exactly_and_exports_a_timm_classifier(t
     result = json.loads((full / "finetune.json").read_text())
     assert result["steps"] == 16 and 0 <= result["top1"] <= result["top5"] <= 100
     assert result["train_seconds"] > 0 and all(r["images_per_s"] > 0 for r in read_log(full) if "loss" in r)
-    # resume from the step-8 checkpoint in another directory: the same losses after it
+    # resume from the step-8 checkpoint in another directory, from its saved finetune.yaml alone:
+    # the same losses after it; a changed setting is refused in one line naming it
     (part / "checkpoints").mkdir(parents=True)
     shutil.copytree(full / "checkpoints" / "step_00000008", part / "checkpoints" / "step_00000008")
-    assert run_finetune(*common, "--output", str(part), "--resume") == 0
+    shutil.copy(full / "finetune.yaml", part / "finetune.yaml")
+    assert run_finetune("--output", str(part), "--resume", "optim.base_lr=0.01") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "optim.base_lr (0.02 -> 0.01)" in err and str(part) in err
+    assert run_finetune("--output", str(part), "--resume", "data.num_workers=0") == 0
     again = {r["step"]: r["loss"] for r in read_log(part) if "loss" in r}
     assert sorted(again) == list(range(9, 17))
     for step in again:

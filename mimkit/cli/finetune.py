@@ -18,14 +18,17 @@ import logging
 import sys
 from pathlib import Path
 
+DEFAULT_PRESET = "micro"
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mimkit finetune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="micro", help="fine-tuning preset or YAML path (default micro)")
+    p.add_argument("--preset", help=f"fine-tuning preset or YAML path (default {DEFAULT_PRESET}; with --resume, the saved config's)")
     p.add_argument("--checkpoint", help="the encoder: a run dir, an exported encoder, a checkpoint file or an hf-hub: id")
     p.add_argument("--data", help="'embedded', a local directory (parquet / image folder) or a Hub id")
     p.add_argument("--output", help="output directory (default RUN/finetune-<preset> for a training run, else outputs/finetune-<preset>)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output, with its saved "
+                   "finetune.yaml; overrides may change only operational keys (workers, logging, checkpoint cadence, trackers)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     return p
 
@@ -36,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     from ..config import ConfigError
     from ..data import DataError
-    from ..finetune.config import load_finetune_config
+    from ..finetune.config import load_finetune_config, resumed_finetune_config
     from ..finetune.trainer import finetune, make_accelerator
 
     overrides = list(args.overrides)
@@ -44,7 +47,13 @@ def main(argv: list[str] | None = None) -> int:
         if flag:
             overrides.append(f"{key}={flag}")
     try:
-        cfg = load_finetune_config(args.preset, overrides)
+        cfg = None
+        if args.resume:  # the saved finetune.yaml decides, as a pretraining run's config.yaml does
+            if not (args.output or args.checkpoint):
+                raise ConfigError("--resume: give --output (the fine-tuning directory to continue) or --checkpoint")
+            where = Path(args.output or load_finetune_config(args.preset or DEFAULT_PRESET, overrides).train.output_dir)
+            cfg = resumed_finetune_config(where, args.preset, overrides)
+        cfg = cfg or load_finetune_config(args.preset or DEFAULT_PRESET, overrides)
         out = Path(cfg.train.output_dir)
         accelerator = make_accelerator(cfg, out)
         result = finetune(cfg, accelerator, out, resume=args.resume)

@@ -3,11 +3,14 @@ path), then dotted overrides, checked key by key like the pretraining config."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..config import ConfigError, DataConfig, deep_merge, from_dict, load_layer, overrides_tree, preset_dir
+from ..config import ConfigError, DataConfig, deep_merge, flatten, from_dict, load_layer, overrides_tree, preset_dir
+from ..resume import changed_keys
 
 
 @dataclass
@@ -84,6 +87,34 @@ def load_finetune_config(preset: str, overrides: list[str] | tuple[str, ...] = (
         name = f"finetune-{Path(preset).stem}" + ("-scratch" if cfg.model.from_scratch else "")
         cfg.train.output_dir = str(run / name if (run / "config.yaml").is_file() else Path("outputs") / name)
     validate(cfg)
+    return cfg
+
+
+def resumed_finetune_config(out: Path, preset: str | None, overrides: Sequence[str]) -> FinetuneConfig | None:
+    """The config to resume the fine-tuning in ``out`` with, or None when it holds no
+    ``finetune.yaml`` yet. ``preset`` None: the saved config plus ``overrides``; a preset given again
+    must rebuild the saved config. Only operational keys (workers, logging, checkpoint cadence,
+    trackers, where the data and outputs live) may change."""
+    saved_file = out / "finetune.yaml"
+    if not saved_file.is_file():
+        return None
+    try:
+        saved = load_layer(saved_file)
+        if preset:  # the saved encoder and directory unless the overrides name others
+            cfg = load_finetune_config(preset, [f"checkpoint={saved.get('checkpoint', '')}", f"train.output_dir={out}", *overrides])
+        else:
+            cfg = from_dict(FinetuneConfig, deep_merge(saved, overrides_tree(overrides)))
+    except ConfigError as e:
+        raise ConfigError(f"--resume: {saved_file}: {e}") from e
+    validate(cfg)
+    new = dataclasses.asdict(cfg)
+    refused = changed_keys(saved, new)
+    if refused:
+        old, new = flatten(saved), flatten(new)
+        shown = ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in refused)
+        raise ConfigError(f"--resume: the fine-tuning in {out} ran with other values of {shown}; "
+                          "start a new one (another --output) to change them")
+    cfg.train.output_dir = str(out)
     return cfg
 
 

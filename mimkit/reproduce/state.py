@@ -12,8 +12,7 @@ from typing import Any
 import yaml
 
 from ..checkpoint import step_dirs
-from ..config import flatten
-from ..resume import OPERATIONAL_KEYS, config_diff
+from ..resume import changed_keys, config_diff
 
 # per kind: the file that says the run has finished its work, and the config it saves
 FINISHED = {"finetune": "finetune.json"}
@@ -38,7 +37,7 @@ def inspect_run(run_dir: Path, planned: Mapping[str, Any] | None = None, kind: s
     stale: tuple[str, ...] = ()
     saved = run_dir / SAVED_CONFIG.get(kind, "config.yaml")
     if planned is not None and saved.is_file():
-        diff = finetune_diff if kind == "finetune" else config_diff
+        diff = changed_keys if kind == "finetune" else config_diff
         stale = tuple(diff(yaml.safe_load(saved.read_text()) or {}, planned, ignore))
     return RunState(
         trained=(run_dir / FINISHED.get(kind, "summary.json")).is_file(),
@@ -47,13 +46,6 @@ def inspect_run(run_dir: Path, planned: Mapping[str, Any] | None = None, kind: s
         stale=stale,
         kind=kind,
     )
-
-
-def finetune_diff(saved: Mapping[str, Any], planned: Mapping[str, Any], ignore: Sequence[str] = ()) -> list[str]:
-    """Dotted keys in which two fine-tuning configs differ, operational keys aside."""
-    a, b = flatten(dict(saved)), flatten(dict(planned))
-    skip = OPERATIONAL_KEYS | set(ignore)
-    return sorted(k for k in a.keys() | b.keys() if k not in skip and a.get(k) != b.get(k))
 
 
 def read_json(path: Path) -> Any:
