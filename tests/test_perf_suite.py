@@ -66,3 +66,24 @@ def test_report_ratios_come_from_the_records(suite: ModuleType, tmp_path: Path) 
     assert "| math attention | latent_mim/b256/eager |" in text and "+0.0 %" in text
     assert "| AdamW for-loop | latent_mim/b256/eager | failed (exit 1) |" in text
     assert "| pilamim | 128 | model | not run |" in text
+
+
+def test_cpu_section_rows_switches_and_operators_come_from_the_records(suite: ModuleType) -> None:
+    plan = suite.build_plan(None, 8, cpu_data="/data/cifar10")
+    cpu = {r.name: r for r in plan.runs if r.group == "cpu"}
+    assert cpu["cpu/latent_mim/fp32/data"].baseline == "cpu/latent_mim/fp32" and "--data" in cpu["cpu/latent_mim/fp32/data"].args
+    for name, run in cpu.items():  # a switch differs from its baseline in that switch alone
+        if run.baseline:
+            base = cpu[run.baseline].args
+            changed = {a for a in run.args if a not in base} | {a for a in base if a not in run.args}
+            assert changed <= {"model", "none", "--data", "/data/cifar10", "--ops", "15"}, name
+    entry = suite.execute(suite.Run("t", "cpu", "bench.py", (*TINY_BENCH, "--ops", "3")), timeout_s=300)
+    rec = entry["records"][0]
+    assert rec["cpu_native_bf16"] in (True, False) and len(rec["top_ops"]) == 3
+    fast = {**entry, "records": [{**rec, "images_per_s": rec["images_per_s"] * 1.5}]}
+    results = {"cpu/latent_mim/fp32": entry, "cpu/latent_mim/fp32/compile": fast}
+    text = "\n".join(suite.render_cpu(results, plan))
+    assert f"| latent_mim | fp32 | none | {rec['images_per_s']:.1f} | {rec['gflop_per_image']:.3f} |" in text
+    assert "| 155 |" in text and "| mae | bf16 | none | not run | | | | 313 |" in text
+    assert f"| cpu/latent_mim/fp32/compile | {rec['images_per_s'] * 1.5:.1f} | {rec['images_per_s']:.1f} | +50.0 % |" in text
+    assert f"| `{rec['top_ops'][0]['op']}` |" in text

@@ -62,6 +62,7 @@ from typing import Any
 import torch
 
 from ..config import ConfigError, RunConfig, load_config
+from ..precision import cpu_has_native_bf16
 from .clocks import Clock
 from .step import PRECISIONS, adamw_impl, default_precision, loader_images, make_runner, synthetic_images
 from .measure import (count_flops, count_host_syncs, device_name, matmul_tflops, peak_memory, profile_split, release,
@@ -172,6 +173,7 @@ def bench_one(cfg: RunConfig, args: argparse.Namespace, batch: int) -> dict[str,
         "top_ops": ops,
         "torch": torch.__version__,
         "cpu_threads": torch.get_num_threads() if device.type == "cpu" else None,
+        "cpu_native_bf16": cpu_has_native_bf16() if device.type == "cpu" else None,
     }
 
 
