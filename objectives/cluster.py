@@ -15,19 +15,26 @@ from .base import Context, Objective
 from .decoders import build_decoder
 
 
+def _across_processes(x: Tensor, op: str = "sum") -> Tensor:
+    """``x`` reduced over every process of a distributed run (in place); itself on one process."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        torch.distributed.all_reduce(x, op=torch.distributed.ReduceOp.MAX if op == "max" else torch.distributed.ReduceOp.SUM)
+    return x
+
+
 @torch.no_grad()
 def sinkhorn_knopp(logits: Tensor, iters: int = 3) -> Tensor:
     """Balanced soft assignments (..., N, K) of N samples to K prototypes, each leading index on its
-    own: exp(logits) scaled in turn so that every prototype gets mass N / K and every sample sums
-    to 1 (the last step)."""
+    own: exp(logits) scaled in turn so that every prototype gets the same mass over the samples
+    (of every process: the sums are all-reduced, so a run balances over its global batch) and
+    every sample sums to 1 (the last step). Each prototype's exponent is shifted by its own
+    largest logit, which its own scaling cancels: no prototype underflows to an all-zero column."""
     x = logits.float()
-    q = torch.exp(x - x.amax(dim=(-2, -1), keepdim=True))  # (..., N, K)
-    n, k = q.shape[-2:]
-    q = q / q.sum(dim=(-2, -1), keepdim=True)
+    q = torch.exp(x - _across_processes(x.amax(dim=-2, keepdim=True), "max"))  # (..., N, K); 1 somewhere in each column
     for _ in range(iters):
-        q = q / q.sum(dim=-2, keepdim=True) / k  # every prototype: 1 / K
-        q = q / q.sum(dim=-1, keepdim=True) / n  # every sample: 1 / N
-    return q * n
+        q = q / _across_processes(q.sum(dim=-2, keepdim=True))  # every prototype: mass 1 over the global batch
+        q = q / q.sum(dim=-1, keepdim=True)  # every sample: 1
+    return q
 
 
 def soft_cross_entropy(target: Tensor, logits: Tensor) -> Tensor:

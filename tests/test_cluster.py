@@ -36,6 +36,32 @@ def test_sinkhorn_balances_a_skewed_batch():
     assert (q.sum(0) - 8).abs().max() < 0.5  # close to N / K = 8 each, where the softmax gives ~all to one
 
 
+def test_sinkhorn_keeps_a_prototype_far_below_the_others():
+    logits = torch.zeros(4, 3)
+    logits[:, 2] = -200.0  # exp underflows to 0 against the largest logit: a column of zeros, 0 / 0 without a shift of its own
+    q = sinkhorn_knopp(logits, iters=1)
+    torch.testing.assert_close(q, torch.full((4, 3), 1 / 3))
+
+
+def _sinkhorn_on_a_share(rank: int, world: int, port: int, logits: torch.Tensor, out: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    share = logits.shape[-2] // world
+    torch.save(sinkhorn_knopp(logits[..., rank * share:(rank + 1) * share, :], iters=3), f"{out}.{rank}")
+    torch.distributed.destroy_process_group()
+
+
+def test_sinkhorn_balances_over_the_batch_of_every_process(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    logits = torch.randn(3, 16, 5) * 4  # (L, B, K): two processes hold 8 samples each
+    torch.multiprocessing.spawn(_sinkhorn_on_a_share, args=(2, port, logits, str(tmp_path / "q")), nprocs=2)
+    together = torch.cat([torch.load(tmp_path / f"q.{r}") for r in range(2)], dim=-2)
+    torch.testing.assert_close(together, sinkhorn_knopp(logits, iters=3))  # the same as one process with the whole batch
+
+
 def test_soft_cross_entropy_on_a_2x3_example_by_hand():
     logits = torch.tensor([[0.0, math.log(2), 0.0], [0.0, math.log(2), 0.0]])  # softmax [1/4, 1/2, 1/4]
     target = torch.tensor([[0.0, 1.0, 0.0], [0.5, 0.0, 0.5]])
