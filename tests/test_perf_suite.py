@@ -76,14 +76,14 @@ def test_cpu_section_rows_switches_and_operators_come_from_the_records(suite: Mo
         if run.baseline:
             base = cpu[run.baseline].args
             changed = {a for a in run.args if a not in base} | {a for a in base if a not in run.args}
-            assert changed <= {"model", "none", "--data", "/data/cifar10", "--ops", "15"}, name
+            assert changed <= {"model", "blocks", "none", "--data", "/data/cifar10", "--ops", "15"}, name
     entry = suite.execute(suite.Run("t", "cpu", "bench.py", (*TINY_BENCH, "--ops", "3")), timeout_s=300)
     rec = entry["records"][0]
     assert rec["cpu_native_bf16"] in (True, False) and len(rec["top_ops"]) == 3
     fast = {**entry, "records": [{**rec, "images_per_s": rec["images_per_s"] * 1.5}]}
-    results = {"cpu/latent_mim/fp32": entry, "cpu/latent_mim/fp32/compile": fast}
+    results = {"cpu/latent_mim/fp32": entry, "cpu/latent_mim/fp32/compile-model": fast}
     text = "\n".join(suite.render_cpu(results, plan))
     assert f"| latent_mim | fp32 | none | {rec['images_per_s']:.1f} | {rec['gflop_per_image']:.3f} |" in text
     assert "| 155 |" in text and "| mae | bf16 | none | not run | | | | 313 |" in text
-    assert f"| cpu/latent_mim/fp32/compile | {rec['images_per_s'] * 1.5:.1f} | {rec['images_per_s']:.1f} | +50.0 % |" in text
+    assert f"| cpu/latent_mim/fp32/compile-model | {rec['images_per_s'] * 1.5:.1f} | {rec['images_per_s']:.1f} | +50.0 % |" in text
     assert f"| `{rec['top_ops'][0]['op']}` |" in text
