@@ -480,6 +480,36 @@ def test_micro_sweep_picks_the_best_holdout_nn_then_trains_the_table_run(tmp_pat
     assert nn_curve(tmp_path / "runs" / "cifar10" / "mae", 256) == [(2.56, 21.0), (5.12, 22.0), (7.68, 23.0)]
 
 
+def test_a_sweep_whose_best_lr_is_on_its_edge_grows_one_grid_step_at_a_time():
+    sweep = MICRO.sweep  # lrs 5e-4, 1.5e-3, 4.5e-3; at most 2 beyond them
+    assert sweep.next_lr({5e-4: 21.5, 1.5e-3: 22.0, 4.5e-3: 21.5}) is None  # enclosed: settled
+    assert sweep.next_lr({5e-4: 29.4, 1.5e-3: 29.2, 4.5e-3: 16.1}) == 0.000167  # best at the bottom: 5e-4 / 3
+    assert sweep.next_lr({5e-4: 20.0, 1.5e-3: 21.0, 4.5e-3: 22.0}) == 0.0135  # best at the top: 4.5e-3 * 3
+    assert sweep.next_lr({5e-4: 20.0, 1.5e-3: 20.0, 4.5e-3: 19.0}) == 0.000167  # a tie goes to the smaller lr, an edge
+    assert sweep.next_lr({5e-4: 29.4, 1.5e-3: None, 4.5e-3: 16.1}) is None  # waits for every score
+    assert sweep.next_lr({1.67e-4: 30.0, 5e-4: 29.4, 1.5e-3: 29.2, 4.5e-3: 16.1}) == 5.57e-05
+    assert sweep.next_lr({1.67e-4: 29.0, 5e-4: 29.4, 1.5e-3: 29.2, 4.5e-3: 16.1}) is None  # enclosed now
+    assert sweep.next_lr({5.57e-5: 31.0, 1.67e-4: 30.0, 5e-4: 29.4, 1.5e-3: 29.2, 4.5e-3: 16.1}) is None  # 2 beyond: stop
+
+
+def test_an_edge_sweep_runs_its_extra_lrs_before_the_table_run(tmp_path, capsys):
+    runner = micro_runner({0.0005: 24.0, 0.0015: 22.0, 0.0045: 20.0, 0.000167: 25.0, 5.57e-05: 23.0})
+    args = ["--scale", "micro", "--cifar10", "embedded", "--tables", "main", "--datasets", "cifar10", "--only", "mae",
+            "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results.md")]
+    assert main(args[:-4] + [*(sweep_name("mae", lr) for lr in MICRO.sweep.lrs), *args[-4:]], runner=runner) == 0
+    trains = [c for c in runner.calls if c[c.index("mimkit") + 1] == "train"]
+    lrs = [next(a for a in c if a.startswith("train.base_lr=")) for c in trains]
+    assert lrs == ["train.base_lr=0.0005", "train.base_lr=0.0015", "train.base_lr=0.0045", "train.base_lr=0.000167",
+                   "train.base_lr=5.57e-05", "train.base_lr=0.000167"]  # two steps down, then the table run at the best
+    assert trains[-1][trains[-1].index("--output") + 1].endswith("cifar10/mae")
+    text = (tmp_path / "results.md").read_text()
+    assert "| `mae` | 23.0 | 25.0 | 24.0 | 22.0 | 20.0 | 0.000167 |" in text
+    # a later invocation naming only the table run finds the extra sweep runs done and trains nothing
+    runner.calls.clear()
+    assert main(args, runner=runner) == 0 and runner.calls == []
+    assert "[cifar10/sweep/mae/lr5.57e-05] done, skipped" in capsys.readouterr().out
+
+
 def test_raw_pixel_claim():
     good = {**GOOD, "pixels": {"nn": 27.9}}
     assert verdicts(good) == ["reproduced"] * 4  # not checked without the pixels row

@@ -28,7 +28,7 @@ from ..config import ConfigError
 from .plan import ALL_TABLES, DATASETS, DEFAULT_ABLATION_DATASET, Plan, RunSpec, SCALES, Scale, build_plan
 from .commands import Settings, Pending, display, phases, planned_config, rel
 from .state import inspect_run
-from .runner import Budget, Runner, detect_device, pick_lrs, process_run, run_logged
+from .runner import Budget, Runner, detect_device, extend_sweeps, pick_lrs, process_run, run_logged
 from .report import collect, export, render_results
 
 
@@ -140,13 +140,18 @@ def settings_from(args: argparse.Namespace) -> Settings:
     )
 
 
-def select(plan: Plan, datasets: Sequence[str], only: Sequence[str]) -> list[RunSpec]:
+def select(plan: Plan, datasets: Sequence[str], only: Sequence[str], grid: Sequence[float] = ()) -> list[RunSpec]:
+    """The runs to process: every run of ``datasets``, or the ``only`` ones; a sweep's runs beyond
+    its ``grid`` come with any named run of that sweep and with the run whose lr it picks."""
     known = {r.name for r in plan.runs} | {r.key for r in plan.runs}
     unknown = [x for x in only if x not in known]
     if unknown:
         raise SystemExit(f"error: --only: no run named {', '.join(unknown)} in this plan; runs: "
                          + ", ".join(sorted({r.name for r in plan.runs})))
-    return [r for r in plan.runs if r.dataset in datasets and (not only or r.name in only or r.key in only)]
+    named = {r.key for r in plan.runs if r.name in only or r.key in only}
+    sweeps = {(r.dataset, r.preset) for r in plan.runs if r.key in named and (r.kind == "sweep" or r.lr_from == r.preset)}
+    beyond = {r.key for r in plan.runs if r.kind == "sweep" and r.lr not in grid and (r.dataset, r.preset) in sweeps}
+    return [r for r in plan.runs if r.dataset in datasets and (not only or r.key in named | beyond)]
 
 
 def write_report(plan: Plan, s: Settings, results: Path, invocation: str, export_dir: str | None) -> None:
@@ -175,7 +180,7 @@ def main(argv: Sequence[str] | None = None, runner: Runner = run_logged) -> int:
     tables = comma_list(args.tables, ("main", "ablation"), "--tables")
     datasets = comma_list(args.datasets, DATASETS, "--datasets")
     s = settings_from(args)
-    plan = build_plan(ALL_TABLES, args.ablation_dataset, s.scale)  # the report covers every table
+    plan = extend_sweeps(build_plan(ALL_TABLES, args.ablation_dataset, s.scale), s)  # the report covers every table
     s = replace(s, picked=pick_lrs(plan, s))
     results = Path(args.results)
     invocation = display(["mimkit", "reproduce", *(argv if argv is not None else sys.argv[1:])])
@@ -183,7 +188,9 @@ def main(argv: Sequence[str] | None = None, runner: Runner = run_logged) -> int:
         write_report(plan, s, results, invocation, args.export)
         print(f"wrote {results}")
         return 0
-    selection = select(build_plan(tables, args.ablation_dataset, s.scale), datasets, args.only)
+    grid = s.scale.sweep.lrs if s.scale.sweep else ()
+    selected_plan = extend_sweeps(build_plan(tables, args.ablation_dataset, s.scale), s)
+    selection = select(selected_plan, datasets, args.only, grid)
     for run in selection:
         try:
             planned_config(run, s)
@@ -202,10 +209,14 @@ def main(argv: Sequence[str] | None = None, runner: Runner = run_logged) -> int:
     device = detect_device(s.processes)
     budget = Budget(args.time_budget * 60 if args.time_budget is not None else None)
     print(f"{len(selection)} runs on {device}; results: {results}", flush=True)
-    outcomes = []
-    for run in selection:
+    outcomes, queue = [], list(selection)
+    while queue:
+        run = queue.pop(0)
         outcomes.append(process_run(run, s, device, budget, runner, show=lambda m: print(m, flush=True)))
-        s = replace(s, picked=pick_lrs(plan, s))  # a finished sweep releases its preset's run
+        plan, selected_plan = extend_sweeps(plan, s), extend_sweeps(selected_plan, s)  # a sweep may ask for an lr beyond its grid
+        seen = {o.run for o in outcomes} | {r.key for r in queue}
+        queue = [r for r in select(selected_plan, datasets, args.only, grid) if r.key not in seen] + queue  # (it runs next)
+        s = replace(s, picked=pick_lrs(plan, s))  # a settled sweep releases its preset's run
         write_report(plan, s, results, invocation, args.export)
     if not outcomes:
         write_report(plan, s, results, invocation, args.export)

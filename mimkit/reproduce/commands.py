@@ -136,6 +136,8 @@ def finetune_overrides(run: RunSpec, s: Settings) -> list[str]:
     source = s.source_dir(run)
     if not (source / ("config.yaml" if run.source == "init" else "summary.json")).is_file():
         raise Pending(f"{run.key} waits for {run.dataset}/{run.source} to finish")
+    if run.source != "init" and s.scale.sweep is not None and f"{run.dataset}/{run.source}" not in s.picked:
+        raise Pending(f"{run.key} waits for the lr sweep of {run.source} to settle")
     out = ["train.trackers=[none]", *(["model.from_scratch=true"] if run.source == "init" else [])]
     return out + ([f"data.num_workers={s.workers}"] if s.workers is not None else [])
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 
@@ -69,8 +69,23 @@ class Sweep:
     full schedule) at each base lr on the train split minus a seeded holdout; the lr with the
     best NN on the holdout trains the table's run. The test split is never looked at."""
 
-    lrs: tuple[float, ...]
+    lrs: tuple[float, ...]  # a geometric grid
     fraction: float
+    extend: int = 2  # lrs tried beyond the grid at most, one grid step at a time, while the best sits on an edge
+
+    def next_lr(self, scores: Mapping[float, float | None]) -> float | None:
+        """The lr the sweep needs next beyond its grid, given every lr tried so far and its holdout
+        NN (None: not scored yet): one grid step past the smallest or largest lr tried when the best
+        (ties: the smaller) is that lr, rounded to 3 significant digits, at most ``extend`` past the
+        grid; None when the sweep is settled or still waiting for a score."""
+        if not scores or any(v is None for v in scores.values()):
+            return None
+        tried = sorted(scores)
+        best = max(tried, key=lambda lr: scores[lr])  # type: ignore[arg-type, return-value]  # first of equals: the smaller
+        if sum(lr not in self.lrs for lr in tried) >= self.extend or best not in (tried[0], tried[-1]):
+            return None
+        step = self.lrs[1] / self.lrs[0]
+        return float(f"{best / step if best == tried[0] else best * step:.3g}")
 
 
 @dataclass(frozen=True)
@@ -110,6 +125,7 @@ class RunSpec:
     eval_args: tuple[str, ...] | None = MAIN_EVAL  # None: not evaluated (a sweep run scores itself)
     kind: Literal["train", "sweep", "baseline", "finetune"] = "train"
     lr_from: str | None = None  # the preset whose lr sweep picks this run's train.base_lr
+    lr: float | None = None  # a sweep run: its base lr
     baseline: str | None = None  # a baseline row: "init" or "pixels" (mimkit evaluate --baseline)
     source: str | None = None  # a finetune run: the run (name) whose encoder it fine-tunes; preset is the finetune preset
 
@@ -182,6 +198,17 @@ def finetune_name(source: str, preset: str) -> str:
     return f"{source}/finetune-{preset}" + ("-scratch" if source == "init" else "")
 
 
+def sweep_run(ds: DatasetSpec, preset: str, lr: float, overrides: tuple[str, ...] = ()) -> RunSpec:
+    return RunSpec(ds.key, sweep_name(preset, lr), preset, (*overrides, f"data.holdout={ds.holdout}", f"train.base_lr={lr:g}"),
+                   None, "sweep", lr=lr)
+
+
+def with_lr(run: RunSpec, lr: float) -> RunSpec:
+    """A sweep run of the same preset at another base lr."""
+    overrides = tuple(f"train.base_lr={lr:g}" if o.startswith("train.base_lr=") else o for o in run.overrides)
+    return replace(run, name=sweep_name(run.preset, lr), overrides=overrides, lr=lr)
+
+
 def main_runs(ds: DatasetSpec, scale: Scale = SCALES["gpu"]) -> list[RunSpec]:
     """The main table's runs in the order they run: the baselines, then per preset its lr
     sweep (when the scale has one) followed by its run; last, the fine-tuning of the rows in
@@ -193,9 +220,7 @@ def main_runs(ds: DatasetSpec, scale: Scale = SCALES["gpu"]) -> list[RunSpec]:
                  for b in BASELINE_LABELS]
     for preset in RUN_ORDER:
         if scale.sweep is not None:
-            runs += [RunSpec(ds.key, sweep_name(preset, lr), preset, (*gap.get(preset, ()), f"data.holdout={ds.holdout}",
-                                                                        f"train.base_lr={lr:g}"), None, "sweep")
-                     for lr in scale.sweep.lrs]
+            runs += [sweep_run(ds, preset, lr, gap.get(preset, ())) for lr in scale.sweep.lrs]
         runs.append(RunSpec(ds.key, preset, preset, gap.get(preset, ()), lr_from=preset if scale.sweep else None))
     if ds.finetune:
         runs += [RunSpec(ds.key, finetune_name(src, ds.finetune), ds.finetune, eval_args=None, kind="finetune", source=src)

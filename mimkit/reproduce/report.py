@@ -95,7 +95,11 @@ def fmt_lr(run: RunSpec, s: Settings) -> str:
     if run.lr_from is None:
         return ""
     lr = s.picked.get(f"{run.dataset}/{run.lr_from}")
-    return "sweep pending" if lr is None else f"{lr:g}"
+    if lr is not None:
+        return f"{lr:g}"
+    saved = read_yaml(s.run_dir(run) / "config.yaml")  # a run trained before its sweep asked for more lrs
+    trained = saved.get("train", {}).get("base_lr") if isinstance(saved, dict) else None
+    return f"{trained:g} (sweep pending)" if isinstance(trained, (int, float)) else "sweep pending"
 
 
 def table_md(table: Table, records: Mapping[str, RunRecord], plan: Plan, s: Settings | None = None) -> list[str]:
@@ -176,18 +180,21 @@ def sweep_md(plan: Plan, s: Settings) -> list[str]:
     lines = ["## Learning-rate sweep", "",
              f"Every preset trains {sweep.fraction:.0%} of its schedule at each base lr on the train split minus a seeded "
              "holdout (`data.holdout`), and is scored by NN on that holdout; the best lr (ties: the smaller) trains the "
-             "table's run. The ablation rows use the lr picked for `latent_mim`. The test split is not read.", ""]
+             f"table's run. When the best is the smallest or largest lr tried, the sweep goes one grid step (×"
+             f"{sweep.lrs[1] / sweep.lrs[0]:g}) beyond it, at most {sweep.extend} lrs past the grid; a blank cell is an lr "
+             "that preset's sweep did not need. The ablation rows use the lr picked for `latent_mim`. The test split is not read.", ""]
     for key, ds in s.scale.datasets.items():
         presets = list(dict.fromkeys(r.preset for r in plan.runs if r.kind == "sweep" and r.dataset == key))
         if not presets:
             continue
-        head = ["preset", *(f"lr {lr:g}" for lr in sweep.lrs), "picked"]
+        lrs = sorted({r.lr for r in plan.runs if r.kind == "sweep" and r.dataset == key and r.lr is not None})
+        head = ["preset", *(f"lr {lr:g}" for lr in lrs), "picked"]
         lines += [f"**{ds.title}** (holdout: {ds.holdout} train images; {sweep_epochs(s.epochs_of(key), sweep)} epochs)", "",
                   "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for preset in presets:
             scores = sweep_scores(plan, s, key, preset)
             picked = s.picked.get(f"{key}/{preset}")
-            lines.append("| " + " | ".join([f"`{preset}`", *(fmt(scores.get(lr)) for lr in sweep.lrs),
+            lines.append("| " + " | ".join([f"`{preset}`", *(fmt(scores[lr]) if lr in scores else "" for lr in lrs),
                                              "—" if picked is None else f"{picked:g}"]) + " |")
         lines.append("")
     return lines

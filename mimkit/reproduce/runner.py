@@ -7,7 +7,7 @@ import statistics
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from ..platform_info import cpu_model
-from .plan import Plan, RunSpec, sweep_name
+from .plan import Plan, RunSpec, with_lr
 from .commands import Settings, Pending, display, phases, planned_config
 from .state import inspect_run, load_timing, read_json, write_json
 
@@ -155,29 +155,46 @@ def process_run(run: RunSpec, s: Settings, device: str, budget: Budget, runner: 
 
 
 def sweep_scores(plan: Plan, s: Settings, dataset: str, preset: str) -> dict[float, float | None]:
-    """base lr -> holdout NN of the finished (and not stale) sweep runs of ``preset``."""
-    if s.scale.sweep is None:
-        return {}
+    """base lr -> holdout NN of each sweep run of ``preset`` in the plan (None: not finished, or stale)."""
     out: dict[float, float | None] = {}
-    for lr in s.scale.sweep.lrs:
-        key = f"{dataset}/{sweep_name(preset, lr)}"
-        run = next((r for r in plan.runs if r.key == key), None)
-        if run is None:
-            return {}
+    for run in (r for r in plan.runs if r.kind == "sweep" and r.dataset == dataset and r.preset == preset and r.lr is not None):
         d = s.run_dir(run)
         summary = read_json(d / "summary.json") if inspect_run(d, planned_config(run, s), "sweep").done else None
         nn = summary.get("nn") if isinstance(summary, dict) else None
-        out[lr] = float(nn) if isinstance(nn, (int, float)) else None
+        out[run.lr] = float(nn) if isinstance(nn, (int, float)) else None
     return out
+
+
+def swept(plan: Plan) -> list[tuple[str, str]]:
+    """(dataset, preset) of every lr sweep in the plan, in plan order."""
+    return list(dict.fromkeys((r.dataset, r.preset) for r in plan.runs if r.kind == "sweep"))
+
+
+def extend_sweeps(plan: Plan, s: Settings) -> Plan:
+    """The plan with the sweep runs its finished sweeps ask for beyond their grid (``Sweep.next_lr``),
+    each right after its preset's other sweep runs."""
+    sweep = s.scale.sweep
+    grown = sweep is not None
+    while grown:  # a finished extension may ask for the next one
+        grown = False
+        runs = list(plan.runs)
+        for dataset, preset in swept(plan):
+            lr = sweep.next_lr(sweep_scores(plan, s, dataset, preset))
+            last = max(i for i, r in enumerate(runs) if r.kind == "sweep" and r.dataset == dataset and r.preset == preset)
+            if lr is not None and not any(r.key == with_lr(runs[last], lr).key for r in runs):
+                runs.insert(last + 1, with_lr(runs[last], lr))
+                grown = True
+        plan = replace(plan, runs=tuple(runs))
+    return plan
 
 
 def pick_lrs(plan: Plan, s: Settings) -> dict[str, float]:
     """"dataset/preset" -> the swept base lr with the best holdout NN (ties: the smaller lr),
-    for every preset whose sweep has finished."""
+    for every preset whose sweep has settled: every lr scored and none asked for beyond them."""
     picked = {}
-    for dataset, preset in dict.fromkeys((r.dataset, r.preset) for r in plan.runs if r.kind == "sweep"):
+    for dataset, preset in swept(plan):
         scores = sweep_scores(plan, s, dataset, preset)
-        if scores and all(v is not None for v in scores.values()):
+        if s.scale.sweep and scores and all(v is not None for v in scores.values()) and s.scale.sweep.next_lr(scores) is None:
             picked[f"{dataset}/{preset}"] = max(sorted(scores), key=lambda lr: scores[lr])
     return picked
 
