@@ -117,6 +117,10 @@ def config_overrides(args: argparse.Namespace) -> list[str]:
     return list(args.overrides) + extra
 
 
+def significant(x: float, digits: int = 4) -> float:
+    return float(f"{x:.{digits}g}")
+
+
 def bench_one(cfg: RunConfig, args: argparse.Namespace, batch: int) -> dict[str, Any]:
     device = torch.device(args.device)
     clock = Clock(device)
@@ -163,9 +167,9 @@ def bench_one(cfg: RunConfig, args: argparse.Namespace, batch: int) -> dict[str,
         "compile_s": round(first_s, 3) if args.compile != "none" and first_s is not None else None,
         "flops_per_step": flops,
         "gflop_per_image": round(flops / batch / 1e9, 4),
-        "tflop_per_s": round(flops / step_s / 1e12, 4),
-        "matmul_tflop_per_s": round(ceiling, 4),
-        "matmul_share": round(flops / step_s / 1e12 / ceiling, 4),  # model FLOP/s over the device's matmul rate
+        "tflop_per_s": significant(flops / step_s / 1e12),  # significant digits: a CPU runs well under 1 TFLOP/s
+        "matmul_tflop_per_s": significant(ceiling),
+        "matmul_share": significant(flops / step_s / 1e12 / ceiling),  # model FLOP/s over the device's matmul rate
         "peak_mem_gib": peak,
         "host_syncs_per_step": syncs,
         "split_ms": split,
