@@ -36,6 +36,12 @@ def changed_keys(saved: Mapping[str, Any], planned: Mapping[str, Any], ignore: S
     return sorted(k for k in a.keys() | b.keys() if k not in skip and a.get(k) != b.get(k))
 
 
+def describe_changes(saved: Mapping[str, Any], new: Mapping[str, Any], keys: Sequence[str]) -> str:
+    """``key (saved -> new)`` for each dotted key, for a refusal message."""
+    old, cur = flatten(dict(saved)), flatten(dict(new))
+    return ", ".join(f"{k} ({old.get(k)!r} -> {cur.get(k)!r})" for k in keys)
+
+
 def config_diff(saved: Mapping[str, Any], planned: Mapping[str, Any], ignore: Sequence[str] = ()) -> list[str]:
     """``changed_keys`` of two training configs. A key the saved config lacks (written before the
     key existed) counts at its schema default; the settings of a head that neither config builds
@@ -71,7 +77,7 @@ def resumed_config(run_dir: Path, preset: str | None, overrides: Sequence[str], 
     changed = config_diff(saved.to_dict(), cfg.to_dict())
     refused = [k for k in changed if not (extend and k in LENGTH_KEYS)]
     if refused:
-        shown = ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in refused)
+        shown = describe_changes(old, new, refused)
         hint = ("; pass --extend to change the run's length" if set(refused) <= set(LENGTH_KEYS)
                 else "; start a new run (another --output) to change them")
         raise ConfigError(f"--resume: the run in {run_dir} was trained with other values of {shown}{hint}")

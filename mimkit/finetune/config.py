@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..config import ConfigError, DataConfig, deep_merge, flatten, from_dict, load_layer, overrides_tree, preset_dir
-from ..resume import changed_keys
+from ..config import ConfigError, DataConfig, deep_merge, from_dict, load_layer, overrides_tree, preset_dir
+from ..resume import changed_keys, describe_changes
 
 
 @dataclass
@@ -100,19 +100,18 @@ def resumed_finetune_config(out: Path, preset: str | None, overrides: Sequence[s
         return None
     try:
         saved = load_layer(saved_file)
-        if preset:  # the saved encoder and directory unless the overrides name others
+        if preset:  # the saved encoder and directory unless the overrides name others (validated on loading)
             cfg = load_finetune_config(preset, [f"checkpoint={saved.get('checkpoint', '')}", f"train.output_dir={out}", *overrides])
         else:
             cfg = from_dict(FinetuneConfig, deep_merge(saved, overrides_tree(overrides)))
     except ConfigError as e:
         raise ConfigError(f"--resume: {saved_file}: {e}") from e
-    validate(cfg)
+    if not preset:
+        validate(cfg)
     new = dataclasses.asdict(cfg)
     refused = changed_keys(saved, new)
     if refused:
-        old, new = flatten(saved), flatten(new)
-        shown = ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in refused)
-        raise ConfigError(f"--resume: the fine-tuning in {out} ran with other values of {shown}; "
+        raise ConfigError(f"--resume: the fine-tuning in {out} ran with other values of {describe_changes(saved, new, refused)}; "
                           "start a new one (another --output) to change them")
     cfg.train.output_dir = str(out)
     return cfg

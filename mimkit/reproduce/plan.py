@@ -63,6 +63,11 @@ WARMUP_FRACTION = 0.1
 SAVE_EVERY = 500
 
 
+def best_lr(scores: Mapping[float, float]) -> float:
+    """The lr with the best score; of equal scores, the smaller lr."""
+    return max(sorted(scores), key=lambda lr: scores[lr])
+
+
 @dataclass(frozen=True)
 class Sweep:
     """The learning-rate protocol, the same for every preset: a short run (``fraction`` of the
@@ -81,7 +86,7 @@ class Sweep:
         if not scores or any(v is None for v in scores.values()):
             return None
         tried = sorted(scores)
-        best = max(tried, key=lambda lr: scores[lr])  # type: ignore[arg-type, return-value]  # first of equals: the smaller
+        best = best_lr(scores)  # type: ignore[arg-type]
         if sum(lr not in self.lrs for lr in tried) >= self.extend or best not in (tried[0], tried[-1]):
             return None
         step = self.lrs[1] / self.lrs[0]

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from ..platform_info import cpu_model
-from .plan import Plan, RunSpec, with_lr
+from .plan import Plan, RunSpec, best_lr, with_lr
 from .commands import Settings, Pending, display, phases, planned_config
 from .state import inspect_run, load_timing, read_json, write_json
 
@@ -181,7 +181,7 @@ def extend_sweeps(plan: Plan, s: Settings) -> Plan:
         for dataset, preset in swept(plan):
             lr = sweep.next_lr(sweep_scores(plan, s, dataset, preset))
             last = max(i for i, r in enumerate(runs) if r.kind == "sweep" and r.dataset == dataset and r.preset == preset)
-            if lr is not None and not any(r.key == with_lr(runs[last], lr).key for r in runs):
+            if lr is not None:  # beyond every lr tried, so not in the plan yet
                 runs.insert(last + 1, with_lr(runs[last], lr))
                 grown = True
         plan = replace(plan, runs=tuple(runs))
@@ -195,7 +195,7 @@ def pick_lrs(plan: Plan, s: Settings) -> dict[str, float]:
     for dataset, preset in swept(plan):
         scores = sweep_scores(plan, s, dataset, preset)
         if s.scale.sweep and scores and all(v is not None for v in scores.values()) and s.scale.sweep.next_lr(scores) is None:
-            picked[f"{dataset}/{preset}"] = max(sorted(scores), key=lambda lr: scores[lr])
+            picked[f"{dataset}/{preset}"] = best_lr(scores)  # type: ignore[arg-type]
     return picked
 
 
