@@ -621,6 +621,11 @@ def validate(cfg: RunConfig) -> None:
     _require(tr.max_steps is None or tr.max_steps >= 1, f"train.max_steps: {tr.max_steps} must be >= 1")
     _require(tr.base_lr > 0, f"train.base_lr: {tr.base_lr} must be positive")
     _require(tr.warmup_epochs >= 0, f"train.warmup_epochs: {tr.warmup_epochs} must be >= 0")
+    _require(
+        tr.lr_per == "step" or float(tr.warmup_epochs).is_integer(),
+        f"train.warmup_epochs: {tr.warmup_epochs} is not a whole number of epochs, but train.lr_per=epoch changes "
+        "the lr once per epoch; give whole epochs or set train.lr_per=step",
+    )
     _require(0.0 <= tr.min_lr_ratio < 1.0, f"train.min_lr_ratio: {tr.min_lr_ratio} must be in [0, 1)")
     _require(
         not (tr.min_lr_ratio > 0 and tr.min_lr > 0),

@@ -152,7 +152,7 @@ def lr_at(step: int, plan: Plan, tr: TrainConfig) -> float:
     """The lr of optimizer step ``step`` under ``train.lr_schedule`` / ``lr_per`` / the floors."""
     if tr.lr_per == "epoch":  # the same curve over epochs, held within each epoch
         spe = plan.steps_per_epoch
-        return learning_rate(step // spe, math.ceil(plan.total_steps / spe), int(round(tr.warmup_epochs)), plan.peak_lr,
+        return learning_rate(step // spe, math.ceil(plan.total_steps / spe), int(tr.warmup_epochs), plan.peak_lr,
                              tr.min_lr, tr.min_lr_ratio, tr.lr_schedule)
     return learning_rate(step, plan.total_steps, plan.warmup_steps, plan.peak_lr, tr.min_lr, tr.min_lr_ratio, tr.lr_schedule)
 

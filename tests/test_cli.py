@@ -37,3 +37,13 @@ def test_python_dash_m_and_the_shims_reach_the_same_command():
         proc = subprocess.run(argv, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, (argv, proc.stderr[-500:])
         assert proc.stdout.startswith("usage: mimkit "), argv
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path):
+    """`mimkit reproduce --dry-run | head -1`: stdout closes before the command writes."""
+    argv = [sys.executable, "-m", "mimkit", "reproduce", "--dry-run", "--cifar10", "embedded", "--imagenette", "embedded",
+            "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "r.md")]
+    proc = subprocess.Popen(argv, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # long before the interpreter has imported torch and planned the runs
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in err and "Exception ignored" not in err, err[-500:]

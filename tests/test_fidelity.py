@@ -50,6 +50,22 @@ def test_lr_per_epoch_holds_within_an_epoch():
     assert lrs == pytest.approx([v for v in per_epoch for _ in range(5)])
 
 
+def test_a_per_epoch_hold_needs_whole_warmup_epochs():
+    with pytest.raises(mimkit.ConfigError, match="train.warmup_epochs: 0.4 is not a whole number"):
+        mimkit.load_config("pilamim", ["train.warmup_epochs=0.4"])
+    assert mimkit.load_config("pilamim", ["train.warmup_epochs=0.4", "train.lr_per=step"]).train.warmup_epochs == 0.4
+
+
+def test_the_micro_scale_ramps_pilamim_per_step():
+    """pilamim holds its lr per epoch; over micro's few epochs that would skip the warm-up, so the overlay steps it."""
+    assert mimkit.load_config("pilamim").train.lr_per == "epoch"
+    tr = mimkit.load_config("pilamim+micro", ["train.epochs=4", "train.warmup_epochs=0.4"]).train
+    plan = Plan(micro_batch=256, steps_per_epoch=175, total_steps=700, warmup_steps=70, peak_lr=1.0)
+    lrs = [lr_at(s, plan, tr) for s in range(700)]
+    assert lrs[0] == pytest.approx(1 / 70) and lrs[69] == pytest.approx(0.5 * (1 + math.cos(math.pi * 69 / 700)))
+    assert all(a > b for a, b in zip(lrs[70:], lrs[71:]))  # a strictly falling cosine, no stairs
+
+
 def test_config_rejects_two_floors_and_bad_rules():
     with pytest.raises(mimkit.ConfigError, match="train.min_lr_ratio"):
         mimkit.load_config("mae+tiny", ["train.min_lr_ratio=1.0"])

@@ -233,6 +233,15 @@ def test_budget_refuses_a_run_that_would_end_past_it():
     assert budget.refusal("imagenette") is None
 
 
+def test_an_empty_selection_is_one_error_line(tmp_path, capsys):
+    args = cli(tmp_path, "--tables", "ablation", "--datasets", "cifar10", "--dry-run")
+    assert main(args, runner=never) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no runs selected" in err and "--ablation-dataset imagenette" in err
+    assert main(cli(tmp_path, "--tables", "ablation", "--datasets", "cifar10", "--ablation-dataset", "cifar10", "--dry-run"),
+                runner=never) == 0
+
+
 def test_missing_dataset_dir_is_named(tmp_path, capsys):
     args = ["--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "r.md")]
     assert main(args, runner=never) == 2

@@ -90,7 +90,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--tables", default="main,ablation", help="tables to run: main, ablation or both (the report covers both; "
                    "default: %(default)s)")
     g.add_argument("--datasets", default=",".join(DATASETS), help="datasets to run (the report covers both; default: %(default)s)")
-    g.add_argument("--ablation-dataset", default=DEFAULT_ABLATION_DATASET, choices=list(DATASETS))
+    g.add_argument("--ablation-dataset", default=DEFAULT_ABLATION_DATASET, choices=list(DATASETS),
+                   help="the dataset the ablation table trains on (default: %(default)s)")
     g.add_argument("--only", nargs="+", default=[], metavar="NAME", help="run only these runs (NAME or dataset/NAME)")
     g.add_argument("--model", help="timm ViT of every run (default: the scale's: vit_tiny_patch16_224 for gpu, the overlays' for micro)")
     g.add_argument("--epochs", help="N for every dataset, or cifar10=N,imagenette=M (default: the scale's, "
@@ -191,6 +192,11 @@ def main(argv: Sequence[str] | None = None, runner: Runner = run_logged) -> int:
     grid = s.scale.sweep.lrs if s.scale.sweep else ()
     selected_plan = extend_sweeps(build_plan(tables, args.ablation_dataset, s.scale), s)
     selection = select(selected_plan, datasets, args.only, grid)
+    if not selection:
+        print(f"error: no runs selected: --tables {args.tables} on --datasets {args.datasets}"
+              + (f" with --only {' '.join(args.only)}" if args.only else "")
+              + f" (the ablation table runs on --ablation-dataset {args.ablation_dataset})", file=sys.stderr)
+        return 2
     for run in selection:
         try:
             planned_config(run, s)

@@ -110,7 +110,10 @@ class Scale:
 
 
 SCALES: dict[str, Scale] = {
-    "gpu": Scale("gpu", DATASETS, 256, "vit_tiny_patch16_224", None, False, False, "docs/results.md", "runs/reproduce"),
+    # lr per step for every preset, as the micro overlays set it: over 4-20 epochs a per-epoch hold
+    # (pilamim's) would drop the 10 % warm-up
+    "gpu": Scale("gpu", DATASETS, 256, "vit_tiny_patch16_224", None, False, False, "docs/results.md", "runs/reproduce",
+                 ("train.lr_per=step",)),
     # the run directories live beside the report (checkpoints and encoders git-ignored), so the
     # finished runs travel with the repository and a later session resumes the table
     "micro": Scale("micro", MICRO_DATASETS, 256, None, Sweep((5e-4, 1.5e-3, 4.5e-3), 0.25), True, True,
