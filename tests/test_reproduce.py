@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from mimkit.config import load_config
@@ -487,6 +488,28 @@ def test_micro_sweep_picks_the_best_holdout_nn_then_trains_the_table_run(tmp_pat
     if importlib.util.find_spec("matplotlib"):
         assert png.is_file() and "![NN during training, Main table — CIFAR-10](results/nn-cifar10-main.png)" in text
     assert nn_curve(tmp_path / "runs" / "cifar10" / "mae", 256) == [(2.56, 21.0), (5.12, 22.0), (7.68, 23.0)]
+
+
+def test_the_report_names_the_runs_that_start_from_other_weights_than_the_init_row(tmp_path):
+    """init_encoder of each preset against the init row's: equal weights exactly when no start key differs."""
+    from mimkit.eval.baselines import init_encoder
+    from mimkit.reproduce.report import start_differences, starts_md
+
+    s = micro_settings(tmp_path)
+    plan = build_plan(["main"], scale=MICRO)
+    init = plan.run("cifar10", "init")
+    assert start_differences(plan.run("cifar10", "mae"), init, s) == []
+    assert start_differences(plan.run("cifar10", "capi"), init, s) == ["model.init: timm"]
+    assert start_differences(plan.run("cifar10", "latent_mim"), init, s) == ["model.sincos_coords: linspace"]
+    table = next(t for t in plan.tables if t.dataset == "cifar10")
+    text = " ".join(starts_md(table, plan, s))
+    assert "`mae` starts from" in text and "`pilamim` (model.pos_embed: learned, model.init: timm)" in text
+    assert "`mae` (" not in text
+    weights = {p: init_encoder(load_config(f"{p}+tiny")).state_dict() for p in ("mae", "latent_mim", "capi")}
+    same = lambda a, b: all(torch.equal(weights[a][k], weights[b][k]) for k in weights[a])  # noqa: E731
+    mae_again = init_encoder(load_config("mae+tiny", ["masking.ratio=0.5", "model.drop_path_rate=0.1"])).state_dict()
+    assert all(torch.equal(weights["mae"][k], mae_again[k]) for k in mae_again)  # keys outside the start leave it alone
+    assert not same("mae", "capi") and not same("mae", "latent_mim")
 
 
 def test_a_sweep_whose_best_lr_is_on_its_edge_grows_one_grid_step_at_a_time():

@@ -11,10 +11,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError
+from ..config import ConfigError, load_config
 from ..jsonl import read_jsonl
 from .plan import ABLATION_EVAL, BASELINE_LABELS, MAIN_EVAL, PIXELS_EVAL, Plan, RunSpec, Table, WARMUP_FRACTION
-from .commands import Settings, Pending, display, eval_command, finetune_command, planned_config, rel, sweep_epochs, train_command
+from .commands import Settings, Pending, display, preset_expr, eval_command, finetune_command, planned_config, rel, sweep_epochs, train_command
 from .state import RunState, inspect_run, load_timing, median_images_per_s, phase_seconds, read_json, read_yaml
 from .runner import sweep_scores
 from .claims import evaluate_claims
@@ -200,6 +200,39 @@ def sweep_md(plan: Plan, s: Settings) -> list[str]:
     return lines
 
 
+# model keys that change how a step runs, not the weights it starts from
+NOT_START_KEYS = ("drop_path_rate", "grad_checkpointing")
+
+
+def start_differences(run: RunSpec, init_run: RunSpec, s: Settings) -> list[str]:
+    """How ``run``'s context encoder before its first step differs from the init row's, as the
+    ``key: value`` settings of ``run`` that differ (model, init.encoder, train.seed); [] when it
+    starts from the same weights."""
+    def start(r: RunSpec) -> dict[str, Any]:
+        cfg = load_config(preset_expr(r, s), [*r.overrides, *s.overrides]).to_dict()
+        keys = {f"model.{k}": v for k, v in cfg["model"].items() if k not in NOT_START_KEYS}
+        return {**keys, "init.encoder": cfg["init"]["encoder"], "train.seed": cfg["train"]["seed"]}
+
+    mine, theirs = start(run), start(init_run)
+    return [f"{k}: {v}" for k, v in mine.items() if theirs.get(k) != v]
+
+
+def starts_md(table: Table, plan: Plan, s: Settings) -> list[str]:
+    """Under a table with an init row: which runs start from other weights than that row, and how."""
+    init = next((plan.run(table.dataset, r.run) for r in table.rows if r.run == "init"), None)
+    if init is None:
+        return []
+    others = []
+    for row in table.rows:
+        run = plan.run(table.dataset, row.run)
+        if run.kind == "train" and (diff := start_differences(run, init, s)):
+            others.append(f"`{row.run}` ({', '.join(diff)})")
+    if not others:
+        return [f"Every run starts from the encoder of the init row (`{init.preset}`'s, before its first step).", ""]
+    return [f"The init row is the encoder `{init.preset}` starts from, before its first step. Runs that start from "
+            f"other weights, by the settings that differ: {'; '.join(others)}.", ""]
+
+
 def nn_curve(run_dir: Path, batch: int) -> list[tuple[float, float]]:
     """(thousands of images seen, NN) points logged during training (``eval/nn`` in log.jsonl)."""
     return [(rec["step"] * batch / 1000, float(rec["eval/nn"])) for rec in read_jsonl(run_dir / "log.jsonl")
@@ -211,6 +244,8 @@ def draw_curves(table: Table, plan: Plan, s: Settings, path: Path) -> bool:
     when there is nothing to draw or matplotlib is missing."""
     curves = {}
     levels = {}
+    init = next((plan.run(table.dataset, r.run) for r in table.rows if r.run == "init"), None)
+    from_init = set()  # the runs whose curve starts at the init row's NN: those that start from its weights
     for row in table.rows:
         run = plan.run(table.dataset, row.run)
         d = s.run_dir(run)
@@ -220,6 +255,8 @@ def draw_curves(table: Table, plan: Plan, s: Settings, path: Path) -> bool:
                 levels[row.label] = float(nn)
         elif points := nn_curve(d, s.batch):
             curves[row.run] = points
+            if init is not None and not start_differences(run, init, s):
+                from_init.add(row.run)
     if not curves:
         return False
     try:
@@ -230,9 +267,9 @@ def draw_curves(table: Table, plan: Plan, s: Settings, path: Path) -> bool:
     except ImportError:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
-    start = levels.get(BASELINE_LABELS["init"])  # every run starts from that encoder
+    start = levels.get(BASELINE_LABELS["init"])
     for name, points in curves.items():
-        points = ([(0.0, start)] if start is not None and points[0][0] > 0 else []) + points
+        points = ([(0.0, start)] if start is not None and name in from_init and points[0][0] > 0 else []) + points
         ax.plot(*zip(*points), marker="o", markersize=3, label=name)
     for i, (label, nn) in enumerate(levels.items()):
         ax.axhline(nn, color="0.4", linestyle=("--", ":")[i % 2], linewidth=1, label=label)
@@ -343,8 +380,9 @@ def render_results(plan: Plan, records: Mapping[str, RunRecord], s: Settings, in
         "encoder's native side",
     ]
     if s.scale.baselines:
-        lines.append("- Baselines: the shared encoder at initialisation (same config and seed as every run, no step "
-                     "taken) and raw pixels (each normalised image flattened), scored by the same protocols")
+        lines.append("- Baselines: an encoder at initialisation (a run's config and seed, no step taken; under each table, "
+                     "which runs start from other weights) and raw pixels (each normalised image flattened), scored by "
+                     "the same protocols")
     if invocation:
         lines.append(f"- Generated by: `{invocation}`")
     lines.append("")
@@ -354,7 +392,7 @@ def render_results(plan: Plan, records: Mapping[str, RunRecord], s: Settings, in
         if t.key == "ablation":
             lines += ["Each row adds one switch to the previous row (overrides on `naive_latent_mim`); the first and last "
                       "rows are the main table's `naive_latent_mim` and `latent_mim` runs. ΔNN is against the previous row.", ""]
-        lines += table_md(t, records, plan, s) + [""] + finetune_note(t, plan, s) + collapse_md(t, plan, s)
+        lines += table_md(t, records, plan, s) + [""] + starts_md(t, plan, s) + finetune_note(t, plan, s) + collapse_md(t, plan, s)
         png = figures / f"nn-{t.dataset}-{t.key}.png" if figures is not None else None
         if png is not None and draw_curves(t, plan, s, png):
             lines += [f"![NN during training, {t.title}]({png.parent.name}/{png.name})", ""]
