@@ -46,7 +46,9 @@ def test_execute_records_the_benchmark_lines_and_failures(suite: ModuleType) -> 
 
 def test_finished_runs_are_skipped(suite: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     results = tmp_path / "perf.jsonl"
-    done = {"name": "masking/mae", "group": "masking", "command": "", "wall_s": 1.0, "rc": 0, "records": [{"variant": "device", "ms": 1.0}]}
+    command = suite._cmd(suite.build_plan(None, 8).by_name()["masking/mae"])  # measured with the command it has now
+    done = {"name": "masking/mae", "group": "masking", "command": command, "wall_s": 1.0, "rc": 0,
+            "records": [{"variant": "device", "ms": 1.0}]}
     results.write_text(json.dumps(done) + "\n" + '{"name": "torn')
     assert suite.main(["run", "--results", str(results), "--groups", "masking", "--only", "masking/mae"]) == 0
     assert "masking/mae" not in capsys.readouterr().out  # nothing ran
@@ -83,7 +85,17 @@ def test_cpu_section_rows_switches_and_operators_come_from_the_records(suite: Mo
     fast = {**entry, "records": [{**rec, "images_per_s": rec["images_per_s"] * 1.5}]}
     results = {"cpu/latent_mim/fp32": entry, "cpu/latent_mim/fp32/compile-model": fast}
     text = "\n".join(suite.render_cpu(results, plan))
-    assert f"| latent_mim | fp32 | none | {rec['images_per_s']:.1f} | {rec['gflop_per_image']:.3f} |" in text
-    assert "| 155 |" in text and "| mae | bf16 | none | not run | | | | 313 |" in text
+    assert f"| latent_mim | 4 | fp32 | none | {rec['images_per_s']:.1f} | {rec['gflop_per_image']:.3f} |" in text
+    assert "| 155 |" in text and "| mae | 128 | bf16 | none | not run | | | | 313 |" in text
+    assert f"`{entry['command']}`" in text  # a measured row shows the command that measured it
     assert f"| cpu/latent_mim/fp32/compile-model | {rec['images_per_s'] * 1.5:.1f} | {rec['images_per_s']:.1f} | +50.0 % |" in text
     assert f"| `{rec['top_ops'][0]['op']}` |" in text
+
+
+def test_a_run_whose_command_changed_is_measured_again(suite: ModuleType) -> None:
+    plan = suite.build_plan(None, 8)
+    run = plan.by_name()["cpu/mae/fp32"]
+    old = {"name": run.name, "command": suite._cmd(run).replace("--steps 20", "--steps 4"), "rc": 0, "records": [{}]}
+    assert suite.current({run.name: old}, plan) == {}
+    now = {**old, "command": suite._cmd(run)}
+    assert suite.current({run.name: now, "gone/run": {**now, "name": "gone/run"}}, plan) == {run.name: now}
