@@ -102,6 +102,42 @@ def test_progression_switches_one_thing_per_row_and_ends_at_latent_mim(dataset, 
     assert config_diff(walked, planned_config(plan.run(dataset, "latent_mim"), s)) == []
 
 
+def test_probes_change_one_setting_of_their_preset_and_run_only_when_named(tmp_path):
+    from mimkit.reproduce.plan import PROBES
+
+    assert not any(t.key == "probes" for t in build_plan(scale=MICRO).tables)  # not in the default tables
+    plan = build_plan(["probes"], scale=MICRO)
+    (table,) = plan.tables
+    assert table.dataset == "cifar10" and [r.run for r in table.rows] == [
+        "capi", "probe/capi_momentum0.99", "probe/capi_predict20", "pilamim", "probe/pilamim_copied_teacher"]
+    assert [r.against for r in table.rows] == [None, "capi", "capi", None, "pilamim"]
+    assert {r.name for r in plan.runs if r.kind == "sweep"} == {sweep_name(p, lr) for p in ("capi", "pilamim") for lr in MICRO.sweep.lrs}
+    s = micro_settings(tmp_path, picked={"cifar10/capi": 0.0015, "cifar10/pilamim": 0.0005})
+    for probe in PROBES:
+        run = plan.run("cifar10", probe.name)
+        assert run.lr_from == probe.preset and run.eval_args == ("--protocols", "nn", "knn", "sim")
+        mine, theirs = planned_config(run, s), planned_config(plan.run("cifar10", probe.preset), s)
+        assert config_diff(mine, theirs) == sorted(a.split("=")[0] for a in probe.adds), probe.name
+    with pytest.raises(Pending):
+        planned_config(plan.run("cifar10", "probe/capi_momentum0.99"), micro_settings(tmp_path))  # waits for capi's sweep
+
+
+def test_a_probe_row_is_compared_with_its_presets_run(tmp_path):
+    s = micro_settings(tmp_path)
+    plan = build_plan(["probes"], scale=MICRO)
+    (table,) = plan.tables
+    records = {r.key: RunRecord(RunState()) for r in plan.runs}
+    done = RunState(trained=True, evaluated=True)
+    for name, nn in (("capi", 20.0), ("probe/capi_momentum0.99", 23.5), ("probe/capi_predict20", 19.0), ("pilamim", 27.0)):
+        records[f"cifar10/{name}"] = RunRecord(done, {"nn": nn})
+    from mimkit.reproduce.report import table_md
+
+    rows = {line.split(" | ")[3]: line.split(" | ") for line in table_md(table, records, plan, s)[2:]}
+    assert rows["`probe/capi_momentum0.99`"][5] == "+3.5" and rows["`probe/capi_predict20`"][5] == "-1.0"
+    assert rows["`capi`"][5] == "" and rows["`probe/pilamim_copied_teacher`"][5] == "—"
+    assert "fine-tune" not in table_md(table, records, plan, s)[0]
+
+
 def test_geometry_is_a_14x14_grid_with_the_papers_patch_to_gap_ratio(tmp_path):
     s = settings(tmp_path)
     for ds in DATASETS.values():

@@ -25,7 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..config import ConfigError
-from .plan import ALL_TABLES, DATASETS, DEFAULT_ABLATION_DATASET, Plan, RunSpec, SCALES, Scale, build_plan
+from .plan import ALL_TABLES, DATASETS, DEFAULT_ABLATION_DATASET, DEFAULT_PROBE_DATASET, DEFAULT_TABLES, Plan, RunSpec, SCALES, Scale, build_plan
 from .commands import Settings, Pending, display, phases, planned_config, rel
 from .state import inspect_run
 from .runner import Budget, Runner, detect_device, extend_sweeps, pick_lrs, process_run, run_logged
@@ -87,11 +87,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--scale", choices=list(SCALES), default="gpu",
                    help="gpu: ViT-Tiny on a 14x14 grid, sized for one GPU; micro: the micro overlays' 192-wide ViT on an "
                    "8x8 grid with an lr sweep, baselines and NN curves, sized for a CPU (default: %(default)s)")
-    g.add_argument("--tables", default="main,ablation", help="tables to run: main, ablation or both (the report covers both; "
-                   "default: %(default)s)")
+    g.add_argument("--tables", default=",".join(DEFAULT_TABLES),
+                   help="tables to run, of main, ablation and probes (diagnostics: one preset setting changed to test an "
+                   "explanation; run only when named); the report covers all three (default: %(default)s)")
     g.add_argument("--datasets", default=",".join(DATASETS), help="datasets to run (the report covers both; default: %(default)s)")
     g.add_argument("--ablation-dataset", default=DEFAULT_ABLATION_DATASET, choices=list(DATASETS),
                    help="the dataset the ablation table trains on (default: %(default)s)")
+    g.add_argument("--probe-dataset", default=DEFAULT_PROBE_DATASET, choices=list(DATASETS),
+                   help="the dataset the probes train on (default: %(default)s)")
     g.add_argument("--only", nargs="+", default=[], metavar="NAME", help="run only these runs (NAME or dataset/NAME)")
     g.add_argument("--model", help="timm ViT of every run (default: the scale's: vit_tiny_patch16_224 for gpu, the overlays' for micro)")
     g.add_argument("--epochs", help="N for every dataset, or cifar10=N,imagenette=M (default: the scale's, "
@@ -178,10 +181,10 @@ def dry_run(selection: Sequence[RunSpec], s: Settings, show: Callable[[str], Non
 
 def main(argv: Sequence[str] | None = None, runner: Runner = run_logged) -> int:
     args = parse_args(argv)
-    tables = comma_list(args.tables, ("main", "ablation"), "--tables")
+    tables = comma_list(args.tables, ALL_TABLES, "--tables")
     datasets = comma_list(args.datasets, DATASETS, "--datasets")
     s = settings_from(args)
-    plan = extend_sweeps(build_plan(ALL_TABLES, args.ablation_dataset, s.scale), s)  # the report covers every table
+    plan = extend_sweeps(build_plan(ALL_TABLES, args.ablation_dataset, s.scale, args.probe_dataset), s)  # the report covers every table
     s = replace(s, picked=pick_lrs(plan, s))
     results = Path(args.results)
     invocation = display(["mimkit", "reproduce", *(argv if argv is not None else sys.argv[1:])])
@@ -190,12 +193,13 @@ def main(argv: Sequence[str] | None = None, runner: Runner = run_logged) -> int:
         print(f"wrote {results}")
         return 0
     grid = s.scale.sweep.lrs if s.scale.sweep else ()
-    selected_plan = extend_sweeps(build_plan(tables, args.ablation_dataset, s.scale), s)
+    selected_plan = extend_sweeps(build_plan(tables, args.ablation_dataset, s.scale, args.probe_dataset), s)
     selection = select(selected_plan, datasets, args.only, grid)
     if not selection:
         print(f"error: no runs selected: --tables {args.tables} on --datasets {args.datasets}"
               + (f" with --only {' '.join(args.only)}" if args.only else "")
-              + f" (the ablation table runs on --ablation-dataset {args.ablation_dataset})", file=sys.stderr)
+              + f" (the ablation table runs on --ablation-dataset {args.ablation_dataset}, the probes on "
+              f"--probe-dataset {args.probe_dataset})", file=sys.stderr)
         return 2
     for run in selection:
         try:

@@ -58,7 +58,9 @@ MAIN_EVAL = ("--protocols", "nn", "knn", "linear", "sim")
 ABLATION_EVAL = ("--protocols", "nn", "knn", "sim")
 PIXELS_EVAL = ("--protocols", "nn", "knn", "linear")
 DEFAULT_ABLATION_DATASET = "imagenette"
-ALL_TABLES = ("main", "ablation")
+DEFAULT_PROBE_DATASET = "cifar10"
+ALL_TABLES = ("main", "ablation", "probes")
+DEFAULT_TABLES = ("main", "ablation")  # what a plain `mimkit reproduce` runs; the probes are asked for by name
 WARMUP_FRACTION = 0.1
 SAVE_EVERY = 500
 
@@ -147,11 +149,12 @@ class Row:
     run: str  # the RunSpec name within the table's dataset
     label: str
     change: str = ""
+    against: str | None = None  # the row run its ΔNN is taken against (None: the row above)
 
 
 @dataclass(frozen=True)
 class Table:
-    key: str  # "main" or "ablation"
+    key: str  # "main", "ablation" or "probes"
     title: str
     dataset: str
     rows: tuple[Row, ...]
@@ -192,6 +195,28 @@ def progression(gap: int) -> tuple[Step, ...]:
         Step("abl9_projector", "projector: MLP", ("objectives.latent.projector.kind=mlp",)),
         Step("latent_mim", "similarity constraint 0.1 (= latent_mim)", ("objectives.latent.similarity.coef=0.1",)),
     )
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A diagnostic: one setting of a main-table preset changed, trained at that preset's lr, to test
+    an explanation of how the preset fares at this scale. Its table shows it beside the preset's run."""
+
+    name: str
+    preset: str
+    label: str
+    adds: tuple[str, ...]
+
+
+PROBES = (
+    # A micro table run has ~780 steps; the papers' momenta were set for hundreds of thousands.
+    Probe("probe/capi_momentum0.99", "capi", "teacher EMA 0.99 → 1 (latent_mim's), not 0.999 → 1",
+          ("target.momentum=[0.99,1.0]",)),
+    Probe("probe/capi_predict20", "capi", "predict 20 % of the masked cells (about 8 per image), not 5 %",
+          ("objectives.cluster.prediction_subsampling=0.2",)),
+    Probe("probe/pilamim_copied_teacher", "pilamim", "teacher starts as a copy of the student, not its own random weights",
+          ("init.target=same",)),
+)
 
 
 BASELINE_LABELS = {"init": "encoder at initialisation", "pixels": "raw pixels"}
@@ -252,8 +277,17 @@ def ablation_runs(ds: DatasetSpec, scale: Scale = SCALES["gpu"]) -> list[RunSpec
     return runs
 
 
-def build_plan(tables: Sequence[str] = ("main", "ablation"), ablation_dataset: str = DEFAULT_ABLATION_DATASET,
-               scale: Scale = SCALES["gpu"]) -> Plan:
+def probe_runs(ds: DatasetSpec, scale: Scale = SCALES["gpu"]) -> list[RunSpec]:
+    """The probed presets' main runs with their sweeps, then each probe at its preset's picked lr."""
+    probed = {p.preset for p in PROBES}
+    mains = [r for r in main_runs(ds, scale) if r.kind in ("sweep", "train") and r.preset in probed]
+    by_preset = {r.preset: r for r in mains if r.kind == "train"}
+    return mains + [RunSpec(ds.key, p.name, p.preset, (*by_preset[p.preset].overrides, *p.adds), ABLATION_EVAL,
+                            lr_from=by_preset[p.preset].lr_from) for p in PROBES]
+
+
+def build_plan(tables: Sequence[str] = DEFAULT_TABLES, ablation_dataset: str = DEFAULT_ABLATION_DATASET,
+               scale: Scale = SCALES["gpu"], probe_dataset: str = DEFAULT_PROBE_DATASET) -> Plan:
     runs: dict[str, RunSpec] = {}
     out: list[Table] = []
     if "main" in tables:
@@ -269,6 +303,15 @@ def build_plan(tables: Sequence[str] = ("main", "ablation"), ablation_dataset: s
             runs.setdefault(r.key, r)
         rows = tuple(Row(s.name, s.label, " ".join(s.adds)) for s in progression(ds.gap))
         out.append(Table("ablation", f"Ablation — the Latent MIM challenge progression on {ds.title}", ds.key, rows))
+    if "probes" in tables:
+        ds = scale.datasets[probe_dataset]
+        for r in probe_runs(ds, scale):
+            runs.setdefault(r.key, r)
+        rows = []
+        for preset in dict.fromkeys(p.preset for p in PROBES):
+            rows.append(Row(preset, f"{preset} (its main-table run)"))
+            rows += [Row(p.name, p.label, " ".join(p.adds), against=preset) for p in PROBES if p.preset == preset]
+        out.append(Table("probes", f"Probes — explanations tested on {ds.title}", ds.key, tuple(rows)))
     return Plan(tuple(runs.values()), tuple(out))
 
 

@@ -108,20 +108,24 @@ def table_md(table: Table, records: Mapping[str, RunRecord], plan: Plan, s: Sett
     fewshot = any(r.metric("fewshot") is not None for r in recs)
     linear = table.key == "main" or any(r.metric("linear") is not None for r in recs)
     lr_col = s is not None and s.scale.sweep is not None
-    progression_cols = table.key == "ablation"
-    tuned = finetune_runs(plan, table.dataset)  # row run -> its fine-tuning run
+    progression_cols = table.key in ("ablation", "probes")  # a switch per row and its ΔNN
+    tuned = finetune_runs(plan, table.dataset) if table.key == "main" else {}  # row run -> its fine-tuning run
     head = (["#", "row", "switch", "run", "NN", "ΔNN"] if progression_cols else ["run", "NN"]) + ["k-NN"]
     head += (["linear"] if linear else []) + (["few-shot"] if fewshot else []) + ["Sim"] + (["fine-tune"] if tuned else [])
     head += (["base lr"] if lr_col else []) + ["train", "eval"] + (["fine-tune time"] if tuned else []) + ["status"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     previous: float | None = None
+    nn_of = {row.run: rec.metric("nn") for row, rec in zip(table.rows, recs)}
     for i, (row, run, r) in enumerate(zip(table.rows, runs, recs)):
         nn = r.metric("nn")
+        if row.against is not None:
+            previous = nn_of.get(row.against)
         switch = f"`{row.change}`" if row.change else "(preset)"
         name = row.label if run.kind == "baseline" else f"`{row.run}`"
         cells = [str(i), row.label, switch, name, fmt(nn)] if progression_cols else [name, fmt(nn)]
         if progression_cols:
-            cells.append("" if i == 0 else ("—" if nn is None or previous is None else f"{nn - previous:+.1f}"))
+            first = i == 0 if table.key == "ablation" else row.against is None
+            cells.append("" if first else ("—" if nn is None or previous is None else f"{nn - previous:+.1f}"))
         cells.append(fmt(r.metric("knn")))
         cells += ([fmt(r.metric("linear"))] if linear else []) + ([fmt_fewshot(r)] if fewshot else [])
         ft = records[tuned[row.run].key] if row.run in tuned else None
@@ -370,8 +374,8 @@ def render_results(plan: Plan, records: Mapping[str, RunRecord], s: Settings, in
         + "every other setting from each preset",
         f"- Extra overrides: {' '.join(f'`{o}`' for o in (*s.scale.overrides, *s.overrides)) or 'none'}",
         "- Evaluation (`mimkit evaluate`): "
-        + ", ".join(f"{key} `{' '.join(args)}`" for key, args in (("main", MAIN_EVAL), ("ablation", ABLATION_EVAL))
-                    if any(t.key == key for t in plan.tables))
+        + ", ".join(f"{' and '.join(present)} `{' '.join(args)}`" for keys, args in ((("main",), MAIN_EVAL), (("ablation", "probes"), ABLATION_EVAL))
+                    if (present := [k for k in keys if any(t.key == k for t in plan.tables)]))
         + (f", raw pixels `{' '.join(PIXELS_EVAL)}`" if s.scale.baselines else "")
         + (f", then `{shlex.join(s.eval_args)}`" if s.eval_args else "")
         + "; NN is leave-one-out 1-NN on the test split (mean patch token before the final norm), "
@@ -392,6 +396,11 @@ def render_results(plan: Plan, records: Mapping[str, RunRecord], s: Settings, in
         if t.key == "ablation":
             lines += ["Each row adds one switch to the previous row (overrides on `naive_latent_mim`); the first and last "
                       "rows are the main table's `naive_latent_mim` and `latent_mim` runs. ΔNN is against the previous row.", ""]
+        if t.key == "probes":
+            lines += ["Diagnostics, not tuning: each probe changes one setting of a main-table preset to test an explanation "
+                      "of how that preset fares at this scale (docs/reproduce.md), trains at the lr picked for that preset "
+                      "and is evaluated with the ablation's protocols. ΔNN is against the preset's main-table run; the "
+                      "main table keeps the papers' settings whatever the probes show.", ""]
         lines += table_md(t, records, plan, s) + [""] + starts_md(t, plan, s) + finetune_note(t, plan, s) + collapse_md(t, plan, s)
         png = figures / f"nn-{t.dataset}-{t.key}.png" if figures is not None else None
         if png is not None and draw_curves(t, plan, s, png):
