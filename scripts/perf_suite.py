@@ -450,6 +450,11 @@ def render_cpu(results: dict[str, dict[str, Any]], plan: Plan) -> list[str]:
         if rec is None or base is None:
             lines.append(f"| {run.name} | {_status(results, run.name)} | | | | {run.predicted} | `{_shown(results, run)}` |")
             continue
+        if (rec["steps"], rec["warmup"]) != (base["steps"], base["warmup"]):  # timed by two protocols: no ratio
+            lines.append(f"| {run.name} | {rec['images_per_s']:.1f} | {base['images_per_s']:.1f} | baseline timed with "
+                         f"{base['steps']} steps, this with {rec['steps']} | {rec['first_step_s']} | {run.predicted} | "
+                         f"`{_shown(results, run)}` |")
+            continue
         lines.append(f"| {run.name} | {rec['images_per_s']:.1f} | {base['images_per_s']:.1f} | "
                      f"{_pct(rec['images_per_s'], base['images_per_s'])} | {rec['first_step_s']} | {run.predicted} | `{_shown(results, run)}` |")
     for name in (CPU_EAGER, "cpu/latent_mim/bf16"):

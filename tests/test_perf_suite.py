@@ -90,6 +90,9 @@ def test_cpu_section_rows_switches_and_operators_come_from_the_records(suite: Mo
     assert f"`{entry['command']}`" in text  # a measured row shows the command that measured it
     assert f"| cpu/latent_mim/fp32/compile-model | {rec['images_per_s'] * 1.5:.1f} | {rec['images_per_s']:.1f} | +50.0 % |" in text
     assert f"| `{rec['top_ops'][0]['op']}` |" in text
+    longer = {**fast, "records": [{**fast["records"][0], "steps": rec["steps"] + 19}]}  # another protocol than its baseline
+    text = "\n".join(suite.render_cpu({**results, "cpu/latent_mim/fp32/compile-model": longer}, plan))
+    assert f"baseline timed with {rec['steps']} steps, this with {rec['steps'] + 19} |" in text and "+50.0 %" not in text
 
 
 def test_a_run_whose_command_changed_is_measured_again(suite: ModuleType) -> None:
