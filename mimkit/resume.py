@@ -73,14 +73,15 @@ def resumed_config(run_dir: Path, preset: str | None, overrides: Sequence[str], 
     except ConfigError as e:
         raise ConfigError(f"--resume: {saved_file}: {e}") from e
     cfg = load_config(preset, list(overrides)) if preset else apply_overrides(saved, overrides)
-    old, new = flatten(saved.to_dict()), flatten(cfg.to_dict())
-    changed = config_diff(saved.to_dict(), cfg.to_dict())
+    saved_tree, new_tree = saved.to_dict(), cfg.to_dict()
+    changed = config_diff(saved_tree, new_tree)
     refused = [k for k in changed if not (extend and k in LENGTH_KEYS)]
     if refused:
-        shown = describe_changes(old, new, refused)
+        shown = describe_changes(saved_tree, new_tree, refused)
         hint = ("; pass --extend to change the run's length" if set(refused) <= set(LENGTH_KEYS)
                 else "; start a new run (another --output) to change them")
         raise ConfigError(f"--resume: the run in {run_dir} was trained with other values of {shown}{hint}")
+    old, new = flatten(saved_tree), flatten(new_tree)
     for k in changed:  # only LENGTH_KEYS, under --extend
         log.warning("--extend: %s %r -> %r; the lr and momentum schedules are recomputed over the new length",
                     k, old.get(k), new.get(k))

@@ -105,13 +105,7 @@ CPU_PRESETS = ("latent_mim", "mae", "pilamim")
 # 20 interleaved steps found +6 %, with 11 % between two eager runs.
 CPU_BENCH = ("--device", "cpu", "--steps", "20", "--warmup", "2", "--split-steps", "1")
 CPU_BATCH = {"default": "32"}  # the batch each preset trains with; 128 unless named
-CPU_DEFAULT_COMPILE = ("Expected from an interleaved 20-step run on a 2-core AVX2 CPU: 10-15 % fewer images/s than "
-                       "eager; at batch 32 a compiled step saves too little to pay for its graph's overhead.")
-CPU_PRESET_COMPILE = {  # fp32 compile-model of the other presets: expected from that interleaved 20-step run
-    "mae": "About +6 % over eager fp32 (the interleaved run: 117 against 110 images/s).",
-    "pilamim": "About +20 % over eager fp32 (the interleaved run: 88 against 72 images/s): two self-attention "
-               "decoders hold many small elementwise ops for inductor to fuse.",
-}
+CPU_FP32_ONLY = ("default",)  # timed in fp32 alone: the default run's own speed on a CPU without native bf16
 # A reference implementation of each method in the same micro config, timed with the same batch on a quiet
 # 2-core CPU with native bf16 (avx512_bf16) under torch.autocast("cpu", bfloat16) and in fp32.
 CPU_REFERENCE: dict[str, dict[str, float]] = {
@@ -121,15 +115,22 @@ CPU_REFERENCE: dict[str, dict[str, float]] = {
 }
 CPU_REFERENCE_MACHINE = "2-core CPU with avx512_bf16"
 CPU_EAGER = "cpu/latent_mim/fp32"
-CPU_COMPILE: list[tuple[str, str, str, str]] = [  # (precision, train.compile, the eager baseline, prediction written first)
-    ("fp32", "model", CPU_EAGER,
+# (preset, precision, train.compile, prediction written first); the baseline is that preset's eager run.
+# The mae, pilamim and default predictions come from an interleaved 20-step run on a 2-core AVX2 CPU.
+CPU_COMPILE: list[tuple[str, str, str, str]] = [
+    ("latent_mim", "fp32", "model",
      "10-25 % more images/s than eager fp32: at 192 wide the matmuls are small, so LayerNorm, GELU, bias and "
      "residual adds (separate passes over memory in eager) are a visible share; inductor fuses them into the "
      "matmuls' neighbours as vectorised C++ loops. The first step compiles for minutes."),
-    ("fp32", "blocks", CPU_EAGER,
+    ("latent_mim", "fp32", "blocks",
      "Within 5 % of the whole-step graph (the blocks hold most of the elementwise work) and a shorter first "
      "step: the six identical blocks share one compiled graph."),
-    ("bf16", "model", "cpu/latent_mim/bf16",
+    ("mae", "fp32", "model", "About +6 % over eager fp32 (the interleaved run: 117 against 110 images/s)."),
+    ("pilamim", "fp32", "model", "About +20 % over eager fp32 (the interleaved run: 88 against 72 images/s): two "
+     "self-attention decoders hold many small elementwise ops for inductor to fuse."),
+    ("default", "fp32", "model", "10-15 % fewer images/s than eager (the interleaved run: 77 against 87 images/s): at "
+     "batch 32 a compiled step saves too little to pay for its graph's overhead."),
+    ("latent_mim", "bf16", "model",
      "On native bf16: 10-30 % over eager bf16 (autocast's casts fuse into the elementwise ops). Without native "
      "bf16 it stays below fp32."),
 ]
@@ -183,18 +184,12 @@ def cpu_bench(preset: str, precision: str, compile: str = "none", *extra: str) -
 def add_cpu_runs(plan: Plan, cpu_data: str | None) -> None:
     """fp32 first (what a CPU without native bf16 trains in), then bf16; eager, then compiled."""
     for precision in ("fp32", "bf16"):
-        for preset in CPU_PRESETS:
+        for preset in (*CPU_PRESETS, *(CPU_FP32_ONLY if precision == "fp32" else ())):
             ops = ("--ops", "15") if preset == "latent_mim" else ()  # where an eager step's time goes, operator by operator
             plan.add(Run(f"cpu/{preset}/{precision}", "cpu", "bench.py", cpu_bench(preset, precision, "none", *ops)))
-        for prec, mode, baseline, predicted in (c for c in CPU_COMPILE if c[0] == precision):
-            plan.add(Run(f"{baseline}/compile-{mode}", "cpu", "bench.py", cpu_bench("latent_mim", prec, mode), baseline, predicted))
-        if precision == "fp32":
-            for preset, predicted in CPU_PRESET_COMPILE.items():
-                plan.add(Run(f"cpu/{preset}/fp32/compile-model", "cpu", "bench.py", cpu_bench(preset, "fp32", "model"),
-                             f"cpu/{preset}/fp32", predicted))
-            plan.add(Run("cpu/default/fp32", "cpu", "bench.py", cpu_bench("default", "fp32")),
-                     Run("cpu/default/fp32/compile-model", "cpu", "bench.py", cpu_bench("default", "fp32", "model"),
-                         "cpu/default/fp32", CPU_DEFAULT_COMPILE))
+        for preset, prec, mode, predicted in (c for c in CPU_COMPILE if c[1] == precision):
+            baseline = f"cpu/{preset}/{prec}"
+            plan.add(Run(f"{baseline}/compile-{mode}", "cpu", "bench.py", cpu_bench(preset, prec, mode), baseline, predicted))
         if cpu_data and precision == "fp32":
             plan.add(Run(f"{CPU_EAGER}/data", "cpu", "bench.py", cpu_bench("latent_mim", precision, "none", "--data", cpu_data),
                          CPU_EAGER, CPU_DATA_PREDICTION))
@@ -250,6 +245,8 @@ def execute(run: Run, timeout_s: float) -> dict[str, Any]:
 
 
 def run_plan(args: argparse.Namespace) -> int:
+    from mimkit.precision import cpu_has_native_bf16  # here, not at the top: report and list need no torch
+
     plan = build_plan(args.data, args.workers, args.cpu_data)
     results_path = Path(args.results)
     results_path.parent.mkdir(parents=True, exist_ok=True)
@@ -260,8 +257,6 @@ def run_plan(args: argparse.Namespace) -> int:
         print(f"error: --groups: unknown {sorted(unknown)}; choose from {', '.join(GROUPS)}", file=sys.stderr)
         return 2
     todo = [r for r in plan.runs if r.group in groups and r.name not in done and (not args.only or r.name in args.only)]
-    from mimkit.precision import cpu_has_native_bf16
-
     if "cpu" in groups and not cpu_has_native_bf16():  # emulated bf16 runs for many minutes and says nothing
         skipped = [r.name for r in todo if r.group == "cpu" and "bf16" in r.args]
         todo = [r for r in todo if r.name not in skipped]
@@ -423,8 +418,8 @@ def render_cpu(results: dict[str, dict[str, Any]], plan: Plan) -> list[str]:
     lines = ["", "## CPU: the micro config", "",
              "Each preset at its `micro` overlay (a 192-wide, 6-deep ViT on an 8x8 grid of 4-px patches, 32-px images; "
              "heads scaled by the overlay's rule; `default` is latent_mim+micro at the default run's batch), synthetic "
-             "images unless stated, one process per measurement, torch's default CPU threads. GFLOP/s is the counted forward + backward FLOPs over the step time; \"of matmul "
-             "rate\" divides it by the rate of a large matmul at the same precision, timed on the spot on the same CPU. "
+             "images unless stated, one process per measurement, torch's default CPU threads. GFLOP/s is the counted "
+             "forward + backward FLOPs over the step time; \"of matmul rate\" divides it by the rate of a large matmul at the same precision, timed on the spot on the same CPU. "
              f"The reference figures were measured on another machine ({CPU_REFERENCE_MACHINE}), so no ratio is computed "
              "against them unless that machine ran both.", ""]
     if first:

@@ -221,9 +221,14 @@ def start_differences(run: RunSpec, init_run: RunSpec, s: Settings) -> list[str]
     return [f"{k}: {v}" for k, v in mine.items() if theirs.get(k) != v]
 
 
+def init_row(table: Table, plan: Plan) -> RunSpec | None:
+    """The table's encoder-at-initialisation run, if it has that row."""
+    return next((plan.run(table.dataset, r.run) for r in table.rows if r.run == "init"), None)
+
+
 def starts_md(table: Table, plan: Plan, s: Settings) -> list[str]:
     """Under a table with an init row: which runs start from other weights than that row, and how."""
-    init = next((plan.run(table.dataset, r.run) for r in table.rows if r.run == "init"), None)
+    init = init_row(table, plan)
     if init is None:
         return []
     others = []
@@ -248,7 +253,7 @@ def draw_curves(table: Table, plan: Plan, s: Settings, path: Path) -> bool:
     when there is nothing to draw or matplotlib is missing."""
     curves = {}
     levels = {}
-    init = next((plan.run(table.dataset, r.run) for r in table.rows if r.run == "init"), None)
+    init = init_row(table, plan)
     from_init = set()  # the runs whose curve starts at the init row's NN: those that start from its weights
     for row in table.rows:
         run = plan.run(table.dataset, row.run)
