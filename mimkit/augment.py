@@ -21,6 +21,7 @@ from torch import Tensor
 from torchvision.ops import roi_align
 from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms.functional import pil_to_tensor
+from torchvision.transforms.v2 import functional as TF
 
 RATIO = (3.0 / 4.0, 4.0 / 3.0)
 
@@ -69,11 +70,16 @@ def _channel_stats(mean: tuple[float, ...], std: tuple[float, ...], device: torc
 
 
 def finish_batch(batch: dict[str, Tensor], size: int, mean: list[float], std: list[float]) -> Tensor:
-    """The model-ready images of a collated batch: as they are (CPU augmentation), or cropped on
-    the images' device when the batch carries ``crops`` (device augmentation)."""
+    """The model-ready images of a collated batch: cropped on the images' device when the batch
+    carries ``crops`` (device augmentation); otherwise uint8 crops (CPU augmentation) scaled to
+    [0, 1] and normalised, with the same functions and so the same values as a per-image
+    ``ToDtype`` + ``Normalize``; float images pass as they are."""
+    images = batch["images"]
     if "crops" in batch:
-        return crop_resize_flip(batch["images"], batch["crops"], size, mean, std)
-    return batch["images"]
+        return crop_resize_flip(images, batch["crops"], size, mean, std)
+    if images.dtype != torch.uint8:
+        return images
+    return TF.normalize(TF.to_dtype(images, torch.float32, scale=True), mean, std)  # (B, C, size, size)
 
 
 def default_decode_size(input_size: int) -> int:

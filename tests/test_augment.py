@@ -81,3 +81,41 @@ def test_training_with_device_augmentation_resumes_exactly(tmp_path):
     assert sorted(part) == [3, 4]
     for step in (3, 4):
         assert part[step] == pytest.approx(full[step], rel=1e-5)
+
+
+def test_cpu_augmentation_gives_the_per_image_pipeline_values_and_leaves_the_global_rng_alone():
+    import datasets
+    import io
+
+    from mimkit.data import ImageDataset, sample_seed
+    from torchvision.transforms import v2 as T
+
+    g = torch.Generator().manual_seed(1)
+    pngs = []
+    for _ in range(6):
+        buf = io.BytesIO()
+        Image.fromarray(torch.randint(0, 256, (20, 24, 3), generator=g, dtype=torch.uint8).numpy()).save(buf, "PNG")
+        pngs.append({"bytes": buf.getvalue(), "path": None})
+    hf = datasets.Dataset.from_dict({"image": pngs, "label": list(range(6))}, features=datasets.Features(
+        {"image": datasets.Image(), "label": datasets.Value("int64")}))
+    cfg = DataConfig(mean=MEAN, std=STD)
+    ds = ImageDataset(hf, "image", "label", train_transform(16, cfg), seed=7, on_error="substitute")
+    ds.set_epoch(3)
+    before = torch.get_rng_state()
+    batch = collate([ds[i] for i in range(6)])
+    assert torch.equal(torch.get_rng_state(), before)
+    assert batch["images"].dtype == torch.uint8  # a quarter of the bytes between processes
+    got = finish_batch(batch, 16, MEAN, STD)
+
+    # what every image went through before: one Compose ending in ToDtype + Normalize, under
+    # fork_rng + torch.manual_seed of the sample's seed
+    full = T.Compose([T.ToImage(), T.RandomResizedCrop(16, scale=tuple(cfg.crop_scale), interpolation=T.InterpolationMode.BICUBIC,
+                                                       antialias=True), T.RandomHorizontalFlip(),
+                      T.ToDtype(torch.float32, scale=True), T.Normalize(MEAN, STD)])
+    want = []
+    for i in range(6):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(7, 3, i))
+            want.append(full(Image.open(io.BytesIO(pngs[i]["bytes"])).convert("RGB")))
+    assert torch.equal(got, torch.stack(want))
+    assert not torch.equal(got[0], got[1])
