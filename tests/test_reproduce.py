@@ -374,11 +374,12 @@ def test_micro_plan_has_baselines_sweeps_the_five_presets_and_their_fine_tuning(
     runs = [r for r in plan.runs if r.dataset == "cifar10"]
     sweeps = [r for r in runs if r.kind == "sweep"]
     assert len(sweeps) == 5 * len(MICRO.sweep.lrs)
-    tuned = [r for r in runs if r.kind == "finetune"]  # after every pretraining run, the from-scratch row first
-    assert runs[-len(tuned):] == tuned and [(r.source, r.name, r.preset) for r in tuned] == [
+    tuned = [r for r in runs if r.kind == "finetune"]  # each right after the run it fine-tunes
+    assert [(r.source, r.name, r.preset) for r in tuned] == [
         ("init", "init/finetune-micro-scratch", "micro"), ("mae", "mae/finetune-micro", "micro"),
         ("latent_mim", "latent_mim/finetune-micro", "micro"), ("pilamim", "pilamim/finetune-micro", "micro"),
         ("capi", "capi/finetune-micro", "micro")]
+    assert all(runs[runs.index(r) - 1].name == r.source for r in tuned)
     assert {r.preset for r in plan.runs if r.kind == "finetune" and r.dataset == "imagenette"} == {"micro64"}
     # each preset's sweep runs right before its table run, which takes its lr from that sweep
     names = [r.name for r in runs]
@@ -422,6 +423,8 @@ def micro_runner(nn_by_lr: dict[float, float]):
             lr = float(next(a for a in reversed(argv) if a.startswith("train.base_lr=")).split("=")[1]) if any(
                 a.startswith("train.base_lr=") for a in argv) else None
             (out / "summary.json").write_text(json.dumps({"steps": 2, "epochs": 1, "nn": nn_by_lr.get(lr, 0.0)}))
+            (out / "encoder").mkdir(exist_ok=True)
+            (out / "encoder" / "model.safetensors").write_bytes(b"")
             (out / "log.jsonl").write_text("".join(json.dumps({"step": 10 * i, "epoch": i, "eval/nn": 20.0 + i}) + "\n"
                                                    for i in range(1, 4)))
         elif argv[argv.index("mimkit") + 1] == "finetune":  # what mimkit finetune leaves: its config and scores
@@ -470,6 +473,13 @@ def test_micro_fine_tunes_the_trained_rows_and_the_init_row_from_scratch(tmp_pat
     lines = capsys.readouterr().out.splitlines()
     i = lines.index("# cifar10/mae/finetune-micro [new]")
     assert lines[i + 1].startswith("python -m mimkit finetune --preset micro --checkpoint ")
+    # a run trained on another machine has no weights here: its fine-tuning waits and says why
+    weights = tmp_path / "runs" / "cifar10" / "mae" / "encoder" / "model.safetensors"
+    weights.rename(weights.with_suffix(".bak"))
+    assert main([*args, "--dry-run"], runner=never) == 0
+    assert "# cifar10/mae/finetune-micro [waits: cifar10/mae/finetune-micro needs the weights of cifar10/mae, " in (
+        capsys.readouterr().out)
+    weights.with_suffix(".bak").rename(weights)
     scores.with_suffix(".bak").rename(scores)
     # a second invocation skips what is done; a fine-tuning config that changed makes its run stale
     saved = tmp_path / "runs" / "cifar10" / "mae" / "finetune-micro" / "finetune.yaml"

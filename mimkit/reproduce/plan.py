@@ -244,20 +244,25 @@ def with_lr(run: RunSpec, lr: float) -> RunSpec:
 
 def main_runs(ds: DatasetSpec, scale: Scale = SCALES["gpu"]) -> list[RunSpec]:
     """The main table's runs in the order they run: the baselines, then per preset its lr
-    sweep (when the scale has one) followed by its run; last, the fine-tuning of the rows in
-    FINETUNED (when the dataset has a fine-tuning preset), the init row from scratch."""
+    sweep (when the scale has one) followed by its run. When the dataset has a fine-tuning
+    preset, each row in FINETUNED is fine-tuned right after it (the init row from scratch):
+    a run directory keeps its weights only on the machine that trained it."""
     gap = {"latent_mim": (f"masking.gap={ds.gap}",)}
+
+    def finetuned(source: str) -> list[RunSpec]:
+        if not ds.finetune or source not in FINETUNED:
+            return []
+        return [RunSpec(ds.key, finetune_name(source, ds.finetune), ds.finetune, eval_args=None, kind="finetune", source=source)]
+
     runs: list[RunSpec] = []
     if scale.baselines:
-        runs += [RunSpec(ds.key, b, "mae", (), PIXELS_EVAL if b == "pixels" else MAIN_EVAL, "baseline", baseline=b)
-                 for b in BASELINE_LABELS]
+        for b in BASELINE_LABELS:
+            runs += [RunSpec(ds.key, b, "mae", (), PIXELS_EVAL if b == "pixels" else MAIN_EVAL, "baseline", baseline=b),
+                     *finetuned(b)]
     for preset in RUN_ORDER:
         if scale.sweep is not None:
             runs += [sweep_run(ds, preset, lr, gap.get(preset, ())) for lr in scale.sweep.lrs]
-        runs.append(RunSpec(ds.key, preset, preset, gap.get(preset, ()), lr_from=preset if scale.sweep else None))
-    if ds.finetune:
-        runs += [RunSpec(ds.key, finetune_name(src, ds.finetune), ds.finetune, eval_args=None, kind="finetune", source=src)
-                 for src in FINETUNED if src != "init" or scale.baselines]
+        runs += [RunSpec(ds.key, preset, preset, gap.get(preset, ()), lr_from=preset if scale.sweep else None), *finetuned(preset)]
     return runs
 
 
