@@ -6,8 +6,11 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import os
 import shutil
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -494,6 +497,39 @@ def test_micro_fine_tunes_the_trained_rows_and_the_init_row_from_scratch(tmp_pat
     (saved.parent / "checkpoints" / "step_00000002" / "trainer_state.json").write_text("{}")
     assert main(args, runner=runner) == 0
     assert "--resume" in runner.calls[-1] and runner.calls[-1][runner.calls[-1].index("mimkit") + 1] == "finetune"
+
+
+def test_jobs_run_independent_runs_at_once_and_start_a_waiting_run_once_what_it_needs_is_done(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OMP_NUM_THREADS", "0")  # restored after the test; unset, so --jobs sets it
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    inner = micro_runner({0.0005: 20.0, 0.0015: 24.0, 0.0045: 22.0})
+    lock, events, in_flight, most, threads = threading.Lock(), [], [0], [0], set()
+
+    def runner(argv, log_path, tick):
+        where = argv[argv.index("--output" if "--output" in argv else "--out") + 1]
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+            events.append(("start", where))
+            threads.add(os.environ.get("OMP_NUM_THREADS"))
+        time.sleep(0.3)
+        rc = inner(argv, log_path, tick)
+        with lock:
+            in_flight[0] -= 1
+            events.append(("end", where))
+        return rc
+
+    args = ["--scale", "micro", "--cifar10", "embedded", "--tables", "main", "--datasets", "cifar10", "--jobs", "2", "--only",
+            "init", "mae", *(sweep_name("mae", lr) for lr in MICRO.sweep.lrs),
+            "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results.md")]
+    assert main(args, runner=runner) == 0
+    assert most[0] == 2 and threads == {"1"}
+    assert "one of 2 runs at a time (1 thread each)" in capsys.readouterr().out
+    table = next(i for i, (kind, where) in enumerate(events) if kind == "start" and where.endswith("/cifar10/mae"))
+    sweeps_done = [i for i, (kind, where) in enumerate(events) if kind == "end" and "/sweep/mae/" in where]
+    assert len(sweeps_done) == 3 and max(sweeps_done) < table  # the table run waited for its lr sweep
+    assert json.loads((tmp_path / "runs" / "cifar10" / "mae" / "metrics.json").read_text())["nn"] == 30.0
 
 
 def test_collapse_verdict_reads_the_last_cluster_statistics(tmp_path):

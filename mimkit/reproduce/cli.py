@@ -18,8 +18,10 @@ The plan, the geometry and the claim rules: docs/reproduce.md.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -28,7 +30,7 @@ from ..config import ConfigError
 from .plan import ALL_TABLES, DATASETS, DEFAULT_ABLATION_DATASET, DEFAULT_PROBE_DATASET, DEFAULT_TABLES, Plan, RunSpec, SCALES, Scale, build_plan
 from .commands import Settings, Pending, display, phases, planned_config, rel
 from .state import inspect_run
-from .runner import Budget, Runner, detect_device, extend_sweeps, pick_lrs, process_run, run_logged
+from .runner import Budget, Outcome, Runner, detect_device, extend_sweeps, pick_lrs, process_run, run_logged
 from .report import collect, export, render_results
 
 
@@ -113,6 +115,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--report-only", action="store_true", help="write the report from the runs on disk, run nothing")
     g.add_argument("--time-budget", type=float, metavar="MIN", help="start no run past this many minutes")
     g.add_argument("--processes", type=int, default=1, help="accelerate launch --num_processes N when N > 1")
+    g.add_argument("--jobs", type=int, default=1,
+                   help="runs at a time, each with an equal share of the CPU cores (OMP_NUM_THREADS); a run that waits "
+                   "for another starts once that one is done. On a 2-core CPU, two 1-thread runs train about 15-20%% "
+                   "more images/s in all than one 2-thread run, each taking about 1.7x as long (default: 1)")
     g.add_argument("--export", metavar="DIR", help="after each run, copy the report and each run's small files to DIR")
     args = p.parse_intermixed_args(argv)
     moved = [x for x in args.only if "=" in x]  # key=value after --only NAME ... are overrides
@@ -122,8 +128,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.out = args.out or scale.out
     args.results = args.results or scale.results
     args.batch = args.batch or scale.batch
-    if args.processes < 1 or args.batch < 1 or (args.workers is not None and args.workers < 0):
-        p.error("--processes and --batch must be >= 1, --workers >= 0")
+    if args.processes < 1 or args.jobs < 1 or args.batch < 1 or (args.workers is not None and args.workers < 0):
+        p.error("--processes, --jobs and --batch must be >= 1, --workers >= 0")
     return args
 
 
@@ -179,6 +185,27 @@ def dry_run(selection: Sequence[RunSpec], s: Settings, show: Callable[[str], Non
             show(display(argv, s.python))
 
 
+def share_threads(jobs: int) -> int:
+    """Give each of ``jobs`` concurrent runs an equal share of the CPU cores, through the
+    OMP_NUM_THREADS their processes inherit (unless it is set already); the threads per run."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    return int(os.environ["OMP_NUM_THREADS"])
+
+
+def next_startable(queue: Sequence[RunSpec], s: Settings, busy: bool) -> RunSpec | None:
+    """The first run in ``queue`` that does not wait for another; while runs are in flight (``busy``)
+    a waiting run is passed over (what it waits for may be running), else it is taken, to be reported."""
+    for run in queue:
+        try:
+            planned_config(run, s)
+        except Pending:
+            if busy:
+                continue
+        return run
+    return None
+
+
 def main(argv: Sequence[str] | None = None, runner: Runner = run_logged) -> int:
     args = parse_args(argv)
     tables = comma_list(args.tables, ALL_TABLES, "--tables")
@@ -217,17 +244,31 @@ def main(argv: Sequence[str] | None = None, runner: Runner = run_logged) -> int:
         print("error: missing data\n  " + "\n  ".join(missing), file=sys.stderr)
         return 2
     device = detect_device(s.processes)
+    if args.jobs > 1:
+        threads = share_threads(args.jobs)
+        device += f", one of {args.jobs} runs at a time ({threads} thread{'s' * (threads > 1)} each)"
     budget = Budget(args.time_budget * 60 if args.time_budget is not None else None)
     print(f"{len(selection)} runs on {device}; results: {results}", flush=True)
-    outcomes, queue = [], list(selection)
-    while queue:
-        run = queue.pop(0)
-        outcomes.append(process_run(run, s, device, budget, runner, show=lambda m: print(m, flush=True)))
-        plan, selected_plan = extend_sweeps(plan, s), extend_sweeps(selected_plan, s)  # a sweep may ask for an lr beyond its grid
-        seen = {o.run for o in outcomes} | {r.key for r in queue}
-        queue = [r for r in select(selected_plan, datasets, args.only, grid) if r.key not in seen] + queue  # (it runs next)
-        s = replace(s, picked=pick_lrs(plan, s))  # a settled sweep releases its preset's run
-        write_report(plan, s, results, invocation, args.export)
+    outcomes: list[Outcome] = []
+    queue, running = list(selection), {}
+    show = lambda m: print(m, flush=True)  # noqa: E731
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        while queue or running:
+            while queue and len(running) < args.jobs:  # start what can start: a run that waits for a
+                run = next_startable(queue, s, busy=bool(running))  # running one is left for later
+                if run is None:
+                    break
+                queue.remove(run)
+                running[pool.submit(process_run, run, s, device, budget, runner, show)] = run
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                del running[future]
+                outcomes.append(future.result())
+            plan, selected_plan = extend_sweeps(plan, s), extend_sweeps(selected_plan, s)  # a sweep may ask for an lr beyond its grid
+            seen = {o.run for o in outcomes} | {r.key for r in queue} | {r.key for r in running.values()}
+            queue = [r for r in select(selected_plan, datasets, args.only, grid) if r.key not in seen] + queue  # (it runs next)
+            s = replace(s, picked=pick_lrs(plan, s))  # a settled sweep releases its preset's run
+            write_report(plan, s, results, invocation, args.export)
     if not outcomes:
         write_report(plan, s, results, invocation, args.export)
     counts = {k: sum(o.status == k for o in outcomes) for k in ("done", "skipped", "failed", "deferred", "stale")}
