@@ -532,6 +532,23 @@ def test_jobs_run_independent_runs_at_once_and_start_a_waiting_run_once_what_it_
     assert json.loads((tmp_path / "runs" / "cifar10" / "mae" / "metrics.json").read_text())["nn"] == 30.0
 
 
+def test_sigterm_kills_the_runs_in_flight_before_the_runner_exits(tmp_path):
+    from mimkit.reproduce.runner import RUNNING, run_logged, terminate
+
+    argv = [sys.executable, "-c", "import time; time.sleep(60)"]
+    worker = threading.Thread(target=run_logged, args=(argv, tmp_path / "train.log", lambda elapsed: None))
+    worker.start()
+    deadline = time.monotonic() + 30
+    while not RUNNING and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (proc,) = RUNNING
+    with pytest.raises(SystemExit) as stop:
+        terminate(15)
+    assert stop.value.code == 143
+    worker.join(timeout=30)
+    assert not worker.is_alive() and proc.returncode is not None and not RUNNING
+
+
 def test_collapse_verdict_reads_the_last_cluster_statistics(tmp_path):
     from mimkit.reproduce.report import collapse_verdict
 

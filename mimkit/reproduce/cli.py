@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import sys
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -30,7 +31,7 @@ from ..config import ConfigError
 from .plan import ALL_TABLES, DATASETS, DEFAULT_ABLATION_DATASET, DEFAULT_PROBE_DATASET, DEFAULT_TABLES, Plan, RunSpec, SCALES, Scale, build_plan
 from .commands import Settings, Pending, display, phases, planned_config, rel
 from .state import inspect_run
-from .runner import Budget, Outcome, Runner, detect_device, extend_sweeps, pick_lrs, process_run, run_logged
+from .runner import Budget, Outcome, Runner, detect_device, extend_sweeps, pick_lrs, process_run, run_logged, terminate
 from .report import collect, export, render_results
 
 
@@ -252,23 +253,27 @@ def main(argv: Sequence[str] | None = None, runner: Runner = run_logged) -> int:
     outcomes: list[Outcome] = []
     queue, running = list(selection), {}
     show = lambda m: print(m, flush=True)  # noqa: E731
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        while queue or running:
-            while queue and len(running) < args.jobs:  # start what can start: a run that waits for a
-                run = next_startable(queue, s, busy=bool(running))  # running one is left for later
-                if run is None:
-                    break
-                queue.remove(run)
-                running[pool.submit(process_run, run, s, device, budget, runner, show)] = run
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                del running[future]
-                outcomes.append(future.result())
-            plan, selected_plan = extend_sweeps(plan, s), extend_sweeps(selected_plan, s)  # a sweep may ask for an lr beyond its grid
-            seen = {o.run for o in outcomes} | {r.key for r in queue} | {r.key for r in running.values()}
-            queue = [r for r in select(selected_plan, datasets, args.only, grid) if r.key not in seen] + queue  # (it runs next)
-            s = replace(s, picked=pick_lrs(plan, s))  # a settled sweep releases its preset's run
-            write_report(plan, s, results, invocation, args.export)
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            while queue or running:
+                while queue and len(running) < args.jobs:  # start what can start: a run that waits for a
+                    run = next_startable(queue, s, busy=bool(running))  # running one is left for later
+                    if run is None:
+                        break
+                    queue.remove(run)
+                    running[pool.submit(process_run, run, s, device, budget, runner, show)] = run
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    del running[future]
+                    outcomes.append(future.result())
+                plan, selected_plan = extend_sweeps(plan, s), extend_sweeps(selected_plan, s)  # a sweep may ask for an lr beyond its grid
+                seen = {o.run for o in outcomes} | {r.key for r in queue} | {r.key for r in running.values()}
+                queue = [r for r in select(selected_plan, datasets, args.only, grid) if r.key not in seen] + queue  # (it runs next)
+                s = replace(s, picked=pick_lrs(plan, s))  # a settled sweep releases its preset's run
+                write_report(plan, s, results, invocation, args.export)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if not outcomes:
         write_report(plan, s, results, invocation, args.export)
     counts = {k: sum(o.status == k for o in outcomes) for k in ("done", "skipped", "failed", "deferred", "stale")}

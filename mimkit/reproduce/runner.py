@@ -21,6 +21,15 @@ from .state import inspect_run, load_timing, read_json, write_json
 
 Runner = Callable[[list[str], Path, Callable[[float], None]], int]
 TICK_S = 15.0
+RUNNING: set[subprocess.Popen] = set()  # the train / evaluate processes run_logged has in flight
+
+
+def terminate(signum: int, _frame: Any = None) -> None:
+    """The SIGTERM handler of ``mimkit reproduce``: kill the runs in flight (each resumes from its
+    last checkpoint next time) instead of leaving them training without a runner, then exit."""
+    for proc in list(RUNNING):
+        proc.kill()
+    raise SystemExit(128 + signum)
 
 
 def run_logged(argv: list[str], log_path: Path, tick: Callable[[float], None]) -> int:
@@ -31,6 +40,7 @@ def run_logged(argv: list[str], log_path: Path, tick: Callable[[float], None]) -
         log.flush()
         start = time.monotonic()
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        RUNNING.add(proc)
         try:
             while True:
                 try:
@@ -41,6 +51,7 @@ def run_logged(argv: list[str], log_path: Path, tick: Callable[[float], None]) -
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+            RUNNING.discard(proc)
 
 
 def tail(path: Path, lines: int = 25, width: int = 400) -> str:
