@@ -22,8 +22,8 @@ import os
 import shlex
 import signal
 import sys
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import replace
 from pathlib import Path
 
@@ -118,7 +118,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--processes", type=int, default=1, help="accelerate launch --num_processes N when N > 1")
     g.add_argument("--jobs", type=int, default=1,
                    help="runs at a time, each with an equal share of the CPU cores (OMP_NUM_THREADS); a run that waits "
-                   "for another starts once that one is done. On a 2-core CPU, two 1-thread runs train about 15-20%% "
+                   "for another starts once that one is done. On a 2-core CPU, two 1-thread runs train 14-19%% "
                    "more images/s in all than one 2-thread run, each taking about 1.7x as long (default: 1)")
     g.add_argument("--export", metavar="DIR", help="after each run, copy the report and each run's small files to DIR")
     args = p.parse_intermixed_args(argv)
