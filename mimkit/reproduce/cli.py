@@ -153,13 +153,15 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 def select(plan: Plan, datasets: Sequence[str], only: Sequence[str], grid: Sequence[float] = ()) -> list[RunSpec]:
     """The runs to process: every run of ``datasets``, or the ``only`` ones; a sweep's runs beyond
-    its ``grid`` come with any named run of that sweep and with the run whose lr it picks."""
+    its ``grid`` come with any named run of that sweep and with the run whose lr it picks, and a
+    run's fine-tuning comes with it (its weights may not outlive the session that trains it)."""
     known = {r.name for r in plan.runs} | {r.key for r in plan.runs}
     unknown = [x for x in only if x not in known]
     if unknown:
         raise SystemExit(f"error: --only: no run named {', '.join(unknown)} in this plan; runs: "
                          + ", ".join(sorted({r.name for r in plan.runs})))
     named = {r.key for r in plan.runs if r.name in only or r.key in only}
+    named |= {r.key for r in plan.runs if r.kind == "finetune" and f"{r.dataset}/{r.source}" in named}
     sweeps = {(r.dataset, r.preset) for r in plan.runs if r.key in named and (r.kind == "sweep" or r.lr_from == r.preset)}
     beyond = {r.key for r in plan.runs if r.kind == "sweep" and r.lr not in grid and (r.dataset, r.preset) in sweeps}
     return [r for r in plan.runs if r.dataset in datasets and (not only or r.key in named | beyond)]
