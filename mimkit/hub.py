@@ -200,11 +200,19 @@ def _resolve_path(path: Path) -> _Source:
     if path.is_file():
         config = _read_config(path.parent / CONFIG_FILE) if path.name in WEIGHT_FILES else None
         return _Source(str(path), path, config)
-    for folder in (path, path / "encoder"):
-        weights = next((folder / f for f in WEIGHT_FILES if (folder / f).is_file()), None)
-        if weights is not None:
-            return _Source(str(weights), weights, _read_config(folder / CONFIG_FILE))
+    weights = local_weights(path)
+    if weights is not None:
+        return _Source(str(weights), weights, _read_config(weights.parent / CONFIG_FILE))
     raise FileNotFoundError(f"{path}: a directory with no {' / '.join(WEIGHT_FILES)}, directly or under encoder/")
+
+
+def local_weights(folder: Path) -> Path | None:
+    """The weights file of an exported directory or a run directory (under its encoder/), else None."""
+    for d in (folder, folder / "encoder"):
+        weights = next((d / f for f in WEIGHT_FILES if (d / f).is_file()), None)
+        if weights is not None:
+            return weights
+    return None
 
 
 def _read_config(path: Path) -> dict[str, Any] | None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..config import load_config
 from ..finetune.config import load_finetune_config
-from ..hub import WEIGHT_FILES
+from ..hub import local_weights
 from .plan import DatasetSpec, RunSpec, SAVE_EVERY, SCALES, Scale, Sweep, WARMUP_FRACTION
 
 
@@ -139,7 +139,7 @@ def finetune_overrides(run: RunSpec, s: Settings) -> list[str]:
         raise Pending(f"{run.key} waits for {run.dataset}/{run.source} to finish")
     if run.source != "init" and s.scale.sweep is not None and f"{run.dataset}/{run.source}" not in s.picked:
         raise Pending(f"{run.key} waits for the lr sweep of {run.source} to settle")
-    if run.source != "init" and not any((d / f).is_file() for d in (source, source / "encoder") for f in WEIGHT_FILES):
+    if run.source != "init" and local_weights(source) is None:
         raise Pending(f"{run.key} needs the weights of {run.dataset}/{run.source}, which are not in {rel(source)} (git keeps "
                       "a run's small files only): to fine-tune it, move that directory aside and train it again")
     out = ["train.trackers=[none]", *(["model.from_scratch=true"] if run.source == "init" else [])]
