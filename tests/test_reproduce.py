@@ -160,6 +160,7 @@ def test_commands_carry_the_plan_overrides_and_resume(tmp_path):
     assert train[:2] == [sys.executable, "-m"] and train[train.index("--num_processes") + 1] == "2"
     assert train[train.index("--output") + 1] == "runs/x/imagenette/latent_mim" and "--resume" in train
     assert train[-2:] == ["masking.gap=2", "train.max_steps=5"] and "data.num_workers=3" in train
+    assert "train.save_every=500" in train  # the gpu scale's checkpoint cadence
     ev = eval_command(run, s)
     assert ev[ev.index("--out") + 1] == "runs/x/imagenette/latent_mim/metrics.json" and ev[-2:] == ["--max-train", "10"]
     assert display(train).startswith("python -m accelerate.commands.launch")
@@ -458,6 +459,9 @@ def test_micro_fine_tunes_the_trained_rows_and_the_init_row_from_scratch(tmp_pat
     ft = [c for c in runner.calls if c[c.index("mimkit") + 1] == "finetune"]
     assert [c[c.index("--checkpoint") + 1].split("/")[-1] for c in ft] == ["init", "mae"]
     assert "model.from_scratch=true" in ft[0] and "model.from_scratch=true" not in ft[1]
+    # micro checkpoints every 50 steps (about 5 minutes here), pretraining and fine-tuning alike
+    pretrain = [c for c in runner.calls if c[c.index("mimkit") + 1] == "train"]
+    assert all(f"train.save_every={MICRO.save_every}" in c for c in ft + pretrain) and MICRO.save_every == 50
     assert ft[1][ft[1].index("--output") + 1].endswith("cifar10/mae/finetune-micro") and "--resume" not in ft[1]
     timing = json.loads((tmp_path / "runs" / "cifar10" / "mae" / "finetune-micro" / "timing.json").read_text())
     assert [a["phase"] for a in timing["attempts"]] == ["finetune"]

@@ -13,7 +13,7 @@ from typing import Any
 from ..config import load_config
 from ..finetune.config import load_finetune_config
 from ..hub import local_weights
-from .plan import DatasetSpec, RunSpec, SAVE_EVERY, SCALES, Scale, Sweep, WARMUP_FRACTION
+from .plan import DatasetSpec, RunSpec, SCALES, Scale, Sweep, WARMUP_FRACTION
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def common_overrides(ds: DatasetSpec, s: Settings, kind: str = "train") -> list[
         f"train.batch_size={s.batch}",
         f"train.epochs={epochs}",
         f"train.warmup_epochs={warmup_epochs(epochs)}",
-        f"train.save_every={SAVE_EVERY}",
+        f"train.save_every={s.scale.save_every}",
         "train.keep_last=1",
         *s.scale.overrides,
     ]
@@ -142,7 +142,8 @@ def finetune_overrides(run: RunSpec, s: Settings) -> list[str]:
     if run.source != "init" and local_weights(source) is None:
         raise Pending(f"{run.key} needs the weights of {run.dataset}/{run.source}, which are not in {rel(source)} (git keeps "
                       "a run's small files only): to fine-tune it, move that directory aside and train it again")
-    out = ["train.trackers=[none]", *(["model.from_scratch=true"] if run.source == "init" else [])]
+    out = ["train.trackers=[none]", f"train.save_every={s.scale.save_every}",
+           *(["model.from_scratch=true"] if run.source == "init" else [])]
     return out + ([f"data.num_workers={s.workers}"] if s.workers is not None else [])
 
 
