@@ -217,10 +217,10 @@ def test_report_shows_missing_failed_and_claims(tmp_path):
                                                   {"attempts": [{"phase": "train", "command": f"python -m mimkit train {name}", "seconds": 75.0,
                                                                  "returncode": 0, "device": "GPU X"}]})
     records["imagenette/mae"] = RunRecord(RunState(), timing={"attempts": [
-        {"phase": "train", "command": "python -m mimkit train mae", "seconds": 3.0, "returncode": 3, "device": "GPU X"}]})
+        {"phase": "train", "command": "python -m mimkit train mae", "seconds": 3.0, "returncode": 3, "device": "GPU Y, one of 2 runs"}]})
     text = render_results(plan, records, s, "mimkit reproduce")
     assert "| `latent_mim` | 32.0 | — | 50.0 | 0.400 | 1m15s | — | done |" in text
-    assert "failed (train, exit 3)" in text and "Device: GPU X" in text
+    assert "failed (train, exit 3)" in text and "Devices: GPU X; GPU Y, one of 2 runs\n" in text
     assert "**CIFAR-10**" in text and text.count("**reproduced**") == 4
     assert "the naive baseline collapses" in text and "**pending (missing:" in text  # Imagenette
     assert "## Ablation — the Latent MIM challenge progression on Imagenette" in text

@@ -344,7 +344,7 @@ def details_md(plan: Plan, records: Mapping[str, RunRecord]) -> list[str]:
     for run in plan.runs:
         r = records[run.key]
         summ, attempts = r.summary or {}, r.timing["attempts"]
-        devices = ", ".join(dict.fromkeys(a.get("device", "?") for a in attempts)) or "—"
+        devices = "; ".join(dict.fromkeys(a.get("device", "?") for a in attempts)) or "—"
         lines.append("| " + " | ".join([
             f"`{run.key}`", str(summ.get("steps", "—")), str(summ.get("epochs", "—")),
             fmt(r.images_per_s, 0), fmt_time(phase_seconds(r.timing, "train") + phase_seconds(r.timing, "finetune")),
@@ -372,7 +372,7 @@ def render_results(plan: Plan, records: Mapping[str, RunRecord], s: Settings, in
         "`mimkit reproduce --report-only` (with the same plan options) to refresh it. "
         "How the plan is built: `docs/reproduce.md`.",
         "",
-        f"- Device: {', '.join(devices) if devices else '— (nothing has run yet)'}",
+        f"- Devices: {'; '.join(devices) if devices else '— (nothing has run yet)'}",
         f"- Encoder: {encoder}" + (f" + overlay `{s.overlay}`" if s.overlay else "")
         + f"; batch {s.batch}; epochs: {epochs}; warm-up {WARMUP_FRACTION:.0%} of the epochs; "
         + ("base lr from the sweep below; " if s.scale.sweep else "")
