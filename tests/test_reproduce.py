@@ -8,6 +8,8 @@ import importlib.util
 import json
 import os
 import shutil
+import socket
+import subprocess
 import sys
 import threading
 import time
@@ -258,6 +260,24 @@ def test_failed_run_is_reported_and_the_next_one_runs(tmp_path, capsys):
     assert [a["returncode"] for a in timing["attempts"]] == [3]
     assert (export / "results.md").read_text() == text
     assert (export / "runs" / "cifar10" / "mae" / "metrics.json").is_file()
+
+
+def test_a_run_another_invocation_runs_is_left_to_it_and_a_dead_ones_lock_is_taken_over(tmp_path, capsys):
+    d = tmp_path / "runs" / "cifar10" / "mae"
+    d.mkdir(parents=True)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (d / "running.lock").write_text(f"{other.pid} {socket.gethostname()}\n")
+        assert main(cli(tmp_path, "--only", "mae"), runner=never) == 0
+        assert f"[cifar10/mae] not started: another mimkit reproduce runs it (pid {other.pid} on " in capsys.readouterr().out
+        assert main(cli(tmp_path, "--only", "mae", "--dry-run"), runner=never) == 0
+        assert f"# cifar10/mae [new, running in pid {other.pid} on " in capsys.readouterr().out
+    finally:
+        other.kill()
+        other.wait()
+    runner = fake_runner()  # the holder has exited: its lock is taken over, and removed once the run ends
+    assert main(cli(tmp_path, "--only", "mae"), runner=runner) == 0
+    assert len(runner.calls) == 2 and (d / "metrics.json").is_file() and not (d / "running.lock").exists()
 
 
 def test_time_budget_starts_nothing_once_spent(tmp_path, capsys):

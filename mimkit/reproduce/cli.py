@@ -30,7 +30,7 @@ from pathlib import Path
 from ..config import ConfigError
 from .plan import ALL_TABLES, DATASETS, DEFAULT_ABLATION_DATASET, DEFAULT_PROBE_DATASET, DEFAULT_TABLES, Plan, RunSpec, SCALES, Scale, build_plan
 from .commands import Settings, Pending, display, phases, planned_config, rel
-from .state import inspect_run
+from .state import inspect_run, lock_holder
 from .runner import Budget, Outcome, Runner, detect_device, extend_sweeps, pick_lrs, process_run, run_logged, terminate
 from .report import collect, export, render_results
 
@@ -183,7 +183,8 @@ def dry_run(selection: Sequence[RunSpec], s: Settings, show: Callable[[str], Non
             continue
         status = "stale" if state.stale else "done" if state.done else "eval" if state.trained else \
             "resume" if state.checkpoint else "new"
-        show(f"# {run.key} [{status}]")
+        holder = None if state.done else lock_holder(s.run_dir(run))
+        show(f"# {run.key} [{status}{f', running in {holder}' if holder else ''}]")
         for _, argv in phases(run, s, state.trained, state.evaluated, state.checkpoint):
             show(display(argv, s.python))
 

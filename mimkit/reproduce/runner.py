@@ -17,7 +17,7 @@ import yaml
 from ..platform_info import cpu_model
 from .plan import Plan, RunSpec, best_lr, with_lr
 from .commands import Settings, Pending, display, phases, planned_config
-from .state import inspect_run, load_timing, read_json, write_json
+from .state import inspect_run, load_timing, read_json, release_lock, take_lock, write_json
 
 Runner = Callable[[list[str], Path, Callable[[float], None]], int]
 TICK_S = 15.0
@@ -149,17 +149,28 @@ def process_run(run: RunSpec, s: Settings, device: str, budget: Budget, runner: 
         show(f"[{run.key}] not started: {refusal}")
         return Outcome(run.key, "deferred", refusal)
     d.mkdir(parents=True, exist_ok=True)
-    start = time.monotonic()
-    if run.kind == "baseline":  # nothing to train: the evaluation rebuilds the encoder from this config
-        (d / "config.yaml").write_text(yaml.safe_dump(planned, sort_keys=False))
-    for phase, argv in phases(run, s, state.trained, state.evaluated, state.checkpoint):
-        show(f"[{run.key}] {phase}{' (resuming)' if '--resume' in argv else ''}: {display(argv, s.python)}")
-        rc = attempt(d, phase, argv, device, runner, s.python)
-        expected = d / PHASE_OUTPUT[phase]
-        if rc != 0 or not expected.is_file():
-            why = f"exit {rc}" if rc != 0 else f"exit 0 but no {expected.name}"
-            show(f"[{run.key}] FAILED in {phase} ({why}); last lines of {d / f'{phase}.log'}:\n{tail(d / f'{phase}.log')}")
-            return Outcome(run.key, "failed", f"{phase}: {why}")
+    holder = take_lock(d)  # another invocation on the same directory would resume the same checkpoint
+    if holder is not None:
+        show(f"[{run.key}] not started: another mimkit reproduce runs it ({holder}); if none does, delete {d / 'running.lock'}")
+        return Outcome(run.key, "deferred", f"running in {holder}")
+    try:
+        state = inspect_run(d, planned, run.kind)  # again, now that no one else writes it
+        if state.done:
+            show(f"[{run.key}] done, skipped")
+            return Outcome(run.key, "skipped")
+        start = time.monotonic()
+        if run.kind == "baseline":  # nothing to train: the evaluation rebuilds the encoder from this config
+            (d / "config.yaml").write_text(yaml.safe_dump(planned, sort_keys=False))
+        for phase, argv in phases(run, s, state.trained, state.evaluated, state.checkpoint):
+            show(f"[{run.key}] {phase}{' (resuming)' if '--resume' in argv else ''}: {display(argv, s.python)}")
+            rc = attempt(d, phase, argv, device, runner, s.python)
+            expected = d / PHASE_OUTPUT[phase]
+            if rc != 0 or not expected.is_file():
+                why = f"exit {rc}" if rc != 0 else f"exit 0 but no {expected.name}"
+                show(f"[{run.key}] FAILED in {phase} ({why}); last lines of {d / f'{phase}.log'}:\n{tail(d / f'{phase}.log')}")
+                return Outcome(run.key, "failed", f"{phase}: {why}")
+    finally:
+        release_lock(d)
     budget.record(f"{run.dataset} {run.kind}", time.monotonic() - start)
     show(f"[{run.key}] finished in {time.monotonic() - start:.0f} s")
     return Outcome(run.key, "done")

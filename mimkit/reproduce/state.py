@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -46,6 +48,54 @@ def inspect_run(run_dir: Path, planned: Mapping[str, Any] | None = None, kind: s
         stale=stale,
         kind=kind,
     )
+
+
+LOCK = "running.lock"  # "<pid> <host>" of the process running a run's phases; git-ignored
+
+
+def lock_holder(run_dir: Path) -> str | None:
+    """Who runs ``run_dir`` now ("pid N on HOST"), or None: no lock, or one left by a process of
+    this host that has exited. A lock from another host cannot be checked, so it counts as held."""
+    try:
+        pid_text, host = (run_dir / LOCK).read_text().split()
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return None
+    if host == socket.gethostname():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:  # alive, another user's
+            pass
+    return f"pid {pid} on {host}"
+
+
+def take_lock(run_dir: Path) -> str | None:
+    """Lock ``run_dir`` for this process: None once held, else who holds it. A dead holder's lock is taken over."""
+    path = run_dir / LOCK
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            holder = lock_holder(run_dir)
+            if holder is not None:
+                return holder
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()} {socket.gethostname()}\n")
+        return None
+    return lock_holder(run_dir) or "another process"
+
+
+def release_lock(run_dir: Path) -> None:
+    path = run_dir / LOCK
+    try:
+        if int(path.read_text().split()[0]) == os.getpid():
+            path.unlink()
+    except (OSError, ValueError, IndexError):
+        pass
 
 
 def read_json(path: Path) -> Any:
