@@ -278,6 +278,11 @@ def test_a_run_another_invocation_runs_is_left_to_it_and_a_dead_ones_lock_is_tak
     runner = fake_runner()  # the holder has exited: its lock is taken over, and removed once the run ends
     assert main(cli(tmp_path, "--only", "mae"), runner=runner) == 0
     assert len(runner.calls) == 2 and (d / "metrics.json").is_file() and not (d / "running.lock").exists()
+    other_host = tmp_path / "runs" / "cifar10" / "latent_mim"  # another host's process cannot be checked: respected
+    other_host.mkdir()
+    (other_host / "running.lock").write_text("123 another-host\n")
+    assert main(cli(tmp_path, "--only", "latent_mim"), runner=never) == 0
+    assert "another mimkit reproduce runs it (pid 123 on another-host)" in capsys.readouterr().out
 
 
 def test_time_budget_starts_nothing_once_spent(tmp_path, capsys):

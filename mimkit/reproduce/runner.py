@@ -17,7 +17,7 @@ import yaml
 from ..platform_info import cpu_model
 from .plan import Plan, RunSpec, best_lr, with_lr
 from .commands import Settings, Pending, display, phases, planned_config
-from .state import inspect_run, load_timing, read_json, release_lock, take_lock, write_json
+from .state import LOCK, inspect_run, load_timing, read_json, release_lock, take_lock, write_json
 
 Runner = Callable[[list[str], Path, Callable[[float], None]], int]
 TICK_S = 15.0
@@ -151,7 +151,7 @@ def process_run(run: RunSpec, s: Settings, device: str, budget: Budget, runner: 
     d.mkdir(parents=True, exist_ok=True)
     holder = take_lock(d)  # another invocation on the same directory would resume the same checkpoint
     if holder is not None:
-        show(f"[{run.key}] not started: another mimkit reproduce runs it ({holder}); if none does, delete {d / 'running.lock'}")
+        show(f"[{run.key}] not started: another mimkit reproduce runs it ({holder}); if none does, delete {d / LOCK}")
         return Outcome(run.key, "deferred", f"running in {holder}")
     try:
         state = inspect_run(d, planned, run.kind)  # again, now that no one else writes it

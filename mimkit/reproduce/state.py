@@ -72,21 +72,23 @@ def lock_holder(run_dir: Path) -> str | None:
 
 
 def take_lock(run_dir: Path) -> str | None:
-    """Lock ``run_dir`` for this process: None once held, else who holds it. A dead holder's lock is taken over."""
-    path = run_dir / LOCK
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            holder = lock_holder(run_dir)
-            if holder is not None:
-                return holder
-            path.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()} {socket.gethostname()}\n")
-        return None
-    return lock_holder(run_dir) or "another process"
+    """Lock ``run_dir`` for this process: None once held, else who holds it. A dead holder's lock is
+    taken over. The lock appears whole (linked from a file already written) or not at all."""
+    path, mine = run_dir / LOCK, run_dir / f"{LOCK}.{os.getpid()}"
+    mine.write_text(f"{os.getpid()} {socket.gethostname()}\n")
+    try:
+        for _ in range(2):
+            try:
+                os.link(mine, path)
+                return None
+            except FileExistsError:
+                holder = lock_holder(run_dir)
+                if holder is not None:
+                    return holder
+                path.unlink(missing_ok=True)
+        return lock_holder(run_dir) or "another process"
+    finally:
+        mine.unlink()
 
 
 def release_lock(run_dir: Path) -> None:
