@@ -180,26 +180,26 @@ def test_epochs_option():
 
 GOOD = {
     "naive_latent_mim": {"nn": 12.0, "sim": 0.97, "linear": 20.0},
-    "mae": {"nn": 30.0, "linear": 50.0, "sim": 0.3},
-    "latent_mim": {"nn": 32.0, "linear": 50.0, "sim": 0.4},
-    "pilamim": {"nn": 28.0, "linear": 49.0, "sim": 0.3},
-    "capi": {"nn": 29.0, "linear": 48.0, "sim": 0.3},
+    "mae": {"nn": 30.0, "linear": 50.0, "sim": 0.3, "finetune": 60.0},
+    "latent_mim": {"nn": 32.0, "linear": 50.0, "sim": 0.4, "finetune": 59.0},
+    "pilamim": {"nn": 28.0, "linear": 49.0, "sim": 0.3, "finetune": 58.0},
+    "capi": {"nn": 29.0, "linear": 48.0, "sim": 0.3, "finetune": 57.0},
 }
 
 
 def verdicts(metrics, num_classes=10):
-    return [c.verdict for c in evaluate_claims(metrics, num_classes)]
+    return [c.verdict for c in evaluate_claims(metrics, num_classes, finetune=True)]
 
 
 def test_claim_rules_on_hand_made_metrics():
-    assert verdicts(GOOD) == ["reproduced"] * 4  # every comparison exactly at its threshold
+    assert verdicts(GOOD) == ["reproduced"] * 5  # every comparison exactly at its threshold
     worse = {
         "naive_latent_mim": {"nn": 15.1, "sim": 0.97},  # NN above chance + 5
-        "mae": {"nn": 30.0, "linear": 50.0},
-        "latent_mim": {"nn": 31.9, "linear": 49.9},
+        "mae": {"nn": 30.0, "linear": 50.0, "finetune": 60.0},
+        "latent_mim": {"nn": 31.9, "linear": 49.9, "finetune": 58.9},
         "pilamim": {"linear": 48.9},
     }
-    assert verdicts(worse) == ["not reproduced"] * 4
+    assert verdicts(worse) == ["not reproduced"] * 5
     assert verdicts({**GOOD, "naive_latent_mim": {"nn": 10.0, "sim": 0.89}})[0] == "not reproduced"
     assert verdicts({**GOOD, "naive_latent_mim": {"nn": 24.0, "sim": 0.95}}, num_classes=5)[0] == "reproduced"  # chance 20
     pending = verdicts({"mae": GOOD["mae"], "latent_mim": {"nn": 40.0}, "pilamim": None})
@@ -672,13 +672,24 @@ def test_an_edge_sweep_runs_its_extra_lrs_before_the_table_run(tmp_path, capsys)
     assert "[cifar10/sweep/mae/lr5.57e-05] done, skipped" in capsys.readouterr().out
 
 
-def test_raw_pixel_claim():
-    good = {**GOOD, "pixels": {"nn": 27.9}}
-    assert verdicts(good) == ["reproduced"] * 4  # not checked without the pixels row
-    claims = evaluate_claims(good, with_pixels=True)
-    assert claims[-1].verdict == "reproduced" and "pixels 27.9" in claims[-1].detail
-    assert evaluate_claims({**good, "pixels": {"nn": 28.0}}, with_pixels=True)[-1].verdict == "not reproduced"
-    assert evaluate_claims(GOOD, with_pixels=True)[-1].verdict.startswith("pending (missing: nn of pixels")
-    partial = evaluate_claims({"mae": {"nn": 29.0}, "latent_mim": {"nn": 40.0}, "pixels": {"nn": 34.9}}, with_pixels=True)[-1]
+def test_baseline_claims_raw_pixels_and_fine_tuning_from_scratch():
+    good = {**GOOD, "pixels": {"nn": 27.9}, "init": {"finetune": 56.9}}
+    assert verdicts(good) == ["reproduced"] * 5  # not checked without the baseline rows
+    assert len(evaluate_claims(good, baselines=True)) == 5  # nor fine-tuning from scratch without fine-tuned rows
+    claims = {c.title: c for c in evaluate_claims(good, baselines=True, finetune=True)}
+    pixels, scratch = claims["every non-naive preset's NN beats raw pixels"], claims["pretraining beats fine-tuning from scratch"]
+    assert pixels.verdict == "reproduced" and "pixels 27.9" in pixels.detail
+    assert scratch.verdict == "reproduced" and scratch.detail.endswith("capi 57.0 vs from scratch 56.9")
+
+    def verdict(metrics, title):
+        return next(c for c in evaluate_claims(metrics, baselines=True, finetune=True) if c.title.startswith(title))
+
+    assert verdict({**good, "pixels": {"nn": 28.0}}, "every non-naive").verdict == "not reproduced"
+    assert verdict({**good, "init": {"finetune": 57.0}}, "pretraining").verdict == "not reproduced"
+    assert verdict(GOOD, "every non-naive").verdict.startswith("pending (missing: nn of pixels")
+    assert verdict(GOOD, "pretraining").verdict.startswith("pending (missing: finetune of init")
+    partial = verdict({"mae": {"nn": 29.0}, "latent_mim": {"nn": 40.0}, "pixels": {"nn": 34.9}}, "every non-naive")
     assert partial.verdict == "not reproduced" and partial.detail.startswith("mae 29.0 vs pixels 34.9")
-    assert evaluate_claims({"mae": {"nn": 36.0}, "pixels": {"nn": 34.9}}, with_pixels=True)[-1].verdict.startswith("pending")
+    assert verdict({"mae": {"nn": 36.0}, "pixels": {"nn": 34.9}}, "every non-naive").verdict.startswith("pending")
+    early = verdict({"mae": {"finetune": 46.6}, "init": {"finetune": 50.0}}, "pretraining")  # one row below decides it
+    assert early.verdict == "not reproduced" and early.detail == "mae 46.6 vs from scratch 50.0; the other rows are pending"

@@ -294,7 +294,7 @@ def draw_curves(table: Table, plan: Plan, s: Settings, path: Path) -> bool:
 
 def claims_md(plan: Plan, records: Mapping[str, RunRecord], s: Settings) -> list[str]:
     lines = ["## Claims", "",
-             "Each verdict is computed from the main table by the rule shown (NN, linear in top-1 %; Sim a cosine); "
+             "Each verdict is computed from the main table by the rule shown (NN, linear, fine-tune in top-1 %; Sim a cosine); "
              "nothing here is edited by hand.", ""]
     mains = [t for t in plan.tables if t.key == "main"]
     if not mains:
@@ -303,8 +303,11 @@ def claims_md(plan: Plan, records: Mapping[str, RunRecord], s: Settings) -> list
         ds = s.dataset(t.dataset)
         recs = {row.run: records[f"{t.dataset}/{row.run}"] for row in t.rows}
         metrics = {name: None if r.state.stale else r.metrics for name, r in recs.items()}
+        tuned = finetune_runs(plan, t.dataset)
+        for name, ft in tuned.items():  # each row's fine-tuning top-1, under "finetune"
+            metrics[name] = {**(metrics.get(name) or {}), "finetune": records[ft.key].metric("top1")}
         lines += [f"**{ds.title}**", ""]
-        for c in evaluate_claims(metrics, ds.num_classes, with_pixels=s.scale.baselines):
+        for c in evaluate_claims(metrics, ds.num_classes, baselines=s.scale.baselines, finetune=bool(tuned)):
             lines.append(f"- {c.title} — rule: {c.rule} — **{c.verdict}**" + (f" ({c.detail})" if c.detail else ""))
         lines.append("")
     return lines
