@@ -232,6 +232,9 @@ class TrainConfig:
     # torch.compile: "model" compiles the whole masked step as one graph, "blocks" each
     # transformer block and projector, "none" runs eagerly.
     compile: Literal["none", "blocks", "model"] = "none"
+    # Attention kernel (mimkit/attention.py): "auto" runs the manual softmax(q k^T) v on a CPU under
+    # bf16 autocast, where torch's fused kernel is the slower, and the fused kernel elsewhere.
+    attention: Literal["auto", "fused", "manual"] = "auto"
     log_every: int = 20
     save_every: int = 1000
     keep_last: int = 3

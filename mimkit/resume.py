@@ -5,7 +5,7 @@ cannot change the experiment.
 overrides. Overrides given with it are compared with the saved values:
 
 - operational keys (``OPERATIONAL_KEYS``: data workers, logging, checkpoint cadence, trackers,
-  where the data and the outputs live, compilation) may change;
+  where the data and the outputs live, compilation, the attention kernel) may change;
 - the run's length (``LENGTH_KEYS``) may change only with ``--extend``; the lr and momentum
   schedules are then recomputed over the new length and jump at the resume step;
 - any other difference is refused, naming each key with its saved and new value.
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 # keys that may differ between two sessions of one run without changing the experiment
 OPERATIONAL_KEYS = frozenset({
     "preset", "data.source", "data.num_workers", "train.output_dir", "train.trackers", "train.log_every",
-    "train.save_every", "train.keep_last", "train.compile",
+    "train.save_every", "train.keep_last", "train.compile", "train.attention",
 })
 LENGTH_KEYS = ("train.epochs", "train.max_steps")  # changeable on resume with --extend
 

@@ -28,6 +28,7 @@ from .data import collate, export_data_config, load_splits, train_transform
 from .eval.monitor import build_monitor
 from .jsonl import read_jsonl
 from .model import MIMModel, build_model
+from .attention import resolve_attention, set_attention
 from .precision import bf16_is_emulated, default_device_type, resolve_precision
 from .schedules import learning_rate, scaled_lr
 
@@ -187,7 +188,7 @@ def check_output_dir(path: Path) -> None:
 
 def start_banner(
     cfg: RunConfig, model: MIMModel, plan: Plan, train_images: int, eval_split: str | None, eval_images: int,
-    accelerator: Accelerator, output_dir: Path,
+    accelerator: Accelerator, output_dir: Path, attention: str = "fused",
 ) -> str:
     """What a run is about to do, in a few lines: preset, data, schedule, model, device, output."""
     m, g, tr = cfg.model, model.geometry, cfg.train
@@ -200,7 +201,7 @@ def start_banner(
         f"batch {tr.batch_size:,}, peak lr {plan.peak_lr:.3g}",
         f"  model   {m.name}, {model.encoder.dim} wide, {model.encoder.depth} deep; {g.grid}x{g.grid} grid of {g.patch}-px "
         f"patches, {g.input_size}-px crops; {model.num_visible} of {g.num_cells} cells visible",
-        f"  device  {accelerator.device.type} x {accelerator.num_processes}, {precision}",
+        f"  device  {accelerator.device.type} x {accelerator.num_processes}, {precision}, {attention} attention",
         f"  output  {output_dir}",
     ])
 
@@ -271,12 +272,16 @@ class Trainer:
         set_seed(tr.seed)
         splits = load_splits(cfg.data)  # fails before any training on a bad source, split or column
         model = build_model(cfg)
+        self.attention = resolve_attention(tr.attention, accelerator.mixed_precision, accelerator.device.type)
+        set_attention(model, self.attention)
+        log.info("attention: %s (train.attention=%s)", self.attention, tr.attention)
         if tr.compile != "none":
             log.info("train.compile=%s: %d compiled units", tr.compile, model.compile_step(tr.compile))
         self.train_set = splits.dataset(splits.train, train_transform(model.input_size, cfg.data), seed=tr.seed, on_error="substitute")
         self.plan = make_plan(cfg, accelerator.num_processes, len(self.train_set))
         eval_images = len(splits.data[splits.eval]) if splits.eval is not None else 0
-        self.banner = start_banner(cfg, model, self.plan, len(self.train_set), splits.eval, eval_images, accelerator, self.out)
+        self.banner = start_banner(cfg, model, self.plan, len(self.train_set), splits.eval, eval_images, accelerator, self.out,
+                                   self.attention)
         self.monitor = build_monitor(splits, cfg.data, model.geometry.native_size, tr.eval_knn_train, self.plan.micro_batch)
         loader = DataLoader(
             self.train_set,
@@ -553,6 +558,7 @@ class Trainer:
             "skipped_images": self.state.skipped_images,
             "nonfinite_steps": self.state.nonfinite_steps,
             "mixed_precision": self.accelerator.mixed_precision,
+            "attention": self.attention,
             "checkpoint": str(final),
             "encoder": str(self.out / "encoder"),
         }

@@ -9,22 +9,24 @@ grid index at the decoder width.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from timm.layers import Attention, Mlp, trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
+from mimkit.attention import attend
 from mimkit.config import DecoderConfig
 from mimkit.encoder import SincosCoords, sincos_positions
 from mimkit.weights import Scheme, init_weights
 
 
 class CrossAttention(nn.Module):
-    """Multi-head attention of queries ``x`` over a separate sequence ``memory`` (fused SDPA)."""
+    """Multi-head attention of queries ``x`` over a separate sequence ``memory`` (fused SDPA, or
+    the manual path when ``fused_attn`` is False, as in timm's ``Attention``)."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
         super().__init__()
         self.num_heads = num_heads
+        self.fused_attn = True
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
@@ -34,7 +36,7 @@ class CrossAttention(nn.Module):
         h = self.num_heads
         q = self.q(x).view(B, Nq, h, D // h).transpose(1, 2)  # (B, h, Nq, d)
         k, v = self.kv(memory).view(B, -1, 2, h, D // h).permute(2, 0, 3, 1, 4)  # 2 x (B, h, Nm, d)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, h, Nq, d)
+        out = attend(q, k, v, self.fused_attn)  # (B, h, Nq, d)
         return self.proj(out.transpose(1, 2).reshape(B, Nq, D))
 
 
@@ -130,6 +132,7 @@ class CrossAttnDecoder(_Decoder):
     ) -> None:
         super().__init__(in_dim, out_dim, cfg, grid, coords)
         self.visual_cues = cfg.visual_cues
+        self.fused_attn = True  # the visual cues' kernel (mimkit.attention.set_attention)
         self.cls_query = nn.Parameter(torch.zeros(1, 1, cfg.dim)) if with_cls or cfg.cls_query else None
         self.blocks = nn.ModuleList([CrossBlock(cfg.dim, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias) for _ in range(cfg.depth)])
         self._init(scheme)
@@ -144,7 +147,7 @@ class CrossAttnDecoder(_Decoder):
         if self.visual_cues:
             p_t, p_v = self.pos[target_idx].to(z.dtype), self.pos[visible_idx].to(z.dtype)  # (B, Nt, dim), (B, Nv, dim)
             # softmax_v(p_t . p_v / sqrt(d)) Z_V, as one fused attention over the visible latents
-            q = q + F.scaled_dot_product_attention(p_t, p_v, z[:, num_prefix:])
+            q = q + attend(p_t, p_v, z[:, num_prefix:], self.fused_attn)
         mem = self.add_positions(z, visible_idx, num_prefix)  # (B, p+Nv, dim)
         if self.cls_query is not None:
             q = torch.cat([self.cls_query.expand(q.shape[0], -1, -1).to(q.dtype), q], dim=1)

@@ -117,6 +117,7 @@ def test_optimisations_switch_off_one_at_a_time(bench: ModuleType, capsys: pytes
     (ref,) = run(bench, capsys, base)
     for extra, key, value in [
         (["--attn", "math"], "attn", "math"),
+        (["--attn", "manual"], "attn", "manual"),
         (["--adamw", "loop"], "adamw", "loop"),
         (["--sync-every-step"], "sync_every_step", True),
     ]:
@@ -129,7 +130,7 @@ def test_optimisations_switch_off_one_at_a_time(bench: ModuleType, capsys: pytes
     assert ref["flops_per_step"] < rec["flops_per_step"] < 1.2 * ref["flops_per_step"]
 
 
-def test_math_attention_switch_runs_the_math_kernel(bench: ModuleType) -> None:
+def test_attention_switches_run_their_kernels(bench: ModuleType) -> None:
     args = bench.parse_args(TINY + ["--attn", "math"])
     cfg = mimkit.load_config("latent_mim+tiny")
     runner = make_runner(cfg, args, 4, "none")
@@ -144,11 +145,16 @@ def test_math_attention_switch_runs_the_math_kernel(bench: ModuleType) -> None:
     with Ops():
         runner.loss(images)
     assert not any("flash_attention" in op for op in seen)
-    runner.attn_math = False
+    runner.attention = "fused"
     seen.clear()
     with Ops():
         runner.loss(images)
     assert any("flash_attention" in op for op in seen)
+    manual = make_runner(cfg, bench.parse_args(TINY + ["--attn", "manual"]), 4, "none")
+    seen.clear()
+    with Ops():
+        manual.loss(images)
+    assert not any("scaled_dot_product" in op for op in seen) and any("bmm" in op for op in seen)
 
 
 @pytest.mark.parametrize("gap", [0, 1])

@@ -3,7 +3,7 @@ where the time of a step goes.
 
     mimkit bench --preset P [--model NAME] [--batch B[,B2,...]] [--steps N] [--warmup W]
                             [--compile none|blocks|model] [--data DIR] [--precision bf16|fp16|fp32]
-                            [--attn fused|math] [--adamw fused|foreach|loop] [--sync-every-step]
+                            [--attn auto|fused|manual|math] [--adamw fused|foreach|loop] [--sync-every-step]
                             [--device cuda|cpu] [--split-steps K] [key=value ...]
 
 One training step is what ``mimkit.trainer.fit`` does per optimizer step: forward under
@@ -30,8 +30,9 @@ timed on the spot); ``--ops N`` lists the N operators of one eager step with the
 (torch.profiler), to see where a step's time goes beyond the matmuls.
 
 Each optimisation can be switched off on its own to measure what it gives: ``--precision
-fp32`` (bf16 autocast), ``--attn math`` (fused scaled-dot-product attention: the math
-backend computes softmax(QK^T)V with separate kernels), ``--adamw foreach|loop`` (the fused
+fp32`` (bf16 autocast), ``--attn fused|manual|math`` (the trainer's attention kernel,
+``train.attention: auto``: fused scaled-dot-product attention, or on a CPU under bf16 the manual
+softmax(QK^T)V; ``math`` is SDPA's math backend), ``--adamw foreach|loop`` (the fused
 AdamW kernel), ``--sync-every-step`` (reads the loss on the host every step, as a loop that
 logs each step does), ``--compile none`` (torch.compile), ``model.grad_checkpointing=true``
 (activation checkpointing: memory for time). ``scripts/bench_masking.py`` times masking on the
@@ -91,7 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps before them (default: %(default)s)")
     ap.add_argument("--split-steps", type=int, default=5, help="eager profiled steps for the time split; 0 skips it (default: %(default)s)")
     ap.add_argument("--compile", choices=["none", "blocks", "model"], default="none", help="torch.compile as train.compile (default: %(default)s)")
-    ap.add_argument("--attn", choices=["fused", "math"], default="fused", help="scaled-dot-product attention kernels (default: %(default)s)")
+    ap.add_argument("--attn", choices=["auto", "fused", "manual", "math"], default="auto",
+                    help="attention kernel: the trainer's train.attention rule (auto), fused SDPA, the manual "
+                         "softmax(q k^T) v, or SDPA's math backend (default: %(default)s)")
     ap.add_argument("--adamw", choices=["fused", "foreach", "loop"], help="AdamW kernels (default: fused on cuda, torch's choice on cpu)")
     ap.add_argument("--sync-every-step", action="store_true", help="read the loss on the host after every step")
     ap.add_argument("--data", help="real images through mimkit's data pipeline: 'embedded', a directory or a Hub id (default: synthetic)")
@@ -154,7 +157,7 @@ def bench_one(cfg: RunConfig, args: argparse.Namespace, batch: int) -> dict[str,
         "device_name": device_name(device),
         "precision": precision,
         "compile": args.compile,
-        "attn": args.attn,
+        "attn": runner.attention,
         "adamw": adamw_impl(args),
         "sync_every_step": args.sync_every_step,
         "grad_checkpointing": cfg.model.grad_checkpointing,

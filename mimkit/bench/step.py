@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from ..attention import resolve_attention, set_attention
 from ..config import ConfigError, RunConfig
 from ..precision import resolve_precision
 
@@ -32,14 +33,14 @@ class StepRunner:
     dtype: torch.dtype | None
     momentum: float
     clip_grad: float | None = None
-    attn_math: bool = False
+    attention: str = "fused"  # the kernel: "fused", "manual" or "math" (SDPA's math backend)
     sync_every_step: bool = False
 
     def autocast(self) -> AbstractContextManager:
         return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
 
     def loss(self, images: Tensor) -> Tensor:
-        with self.autocast(), sdpa_kernel(SDPBackend.MATH) if self.attn_math else nullcontext():
+        with self.autocast(), sdpa_kernel(SDPBackend.MATH) if self.attention == "math" else nullcontext():
             out = self.model(images, PROGRESS)
         return out["loss"]
 
@@ -80,12 +81,15 @@ def make_runner(cfg: RunConfig, args: argparse.Namespace, batch: int, compile_mo
     model = mimkit.build_model(cfg).to(device).train()
     if compile_mode != "none":
         model.compile_step(compile_mode)
-    dtype = PRECISIONS[args.precision or default_precision(cfg, device.type)]
+    precision = args.precision or default_precision(cfg, device.type)
+    dtype = PRECISIONS[precision]
+    attention = "math" if args.attn == "math" else resolve_attention(cfg.train.attention if args.attn == "auto" else args.attn, precision, device.type)
+    set_attention(model, "fused" if attention == "math" else attention)
     scaler = torch.amp.GradScaler(device.type) if dtype is torch.float16 else None
     optimizer = make_optimizer(model, cfg, scaled_lr(cfg.train.base_lr, batch), adamw_impl(args))
     return StepRunner(
         model, optimizer, scaler, device, dtype, model.momentum(PROGRESS), cfg.train.clip_grad,
-        attn_math=args.attn == "math", sync_every_step=args.sync_every_step,
+        attention=attention, sync_every_step=args.sync_every_step,
     )
 
 

@@ -53,6 +53,7 @@ class FtTrainConfig:
     save_every: int = 500
     keep_last: int = 2
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    attention: Literal["auto", "fused", "manual"] = "auto"  # the kernel, as in pretraining (mimkit/attention.py)
     trackers: list[str] = field(default_factory=lambda: ["auto"])
 
 
@@ -94,7 +95,7 @@ def resumed_finetune_config(out: Path, preset: str | None, overrides: Sequence[s
     """The config to resume the fine-tuning in ``out`` with, or None when it holds no
     ``finetune.yaml`` yet. ``preset`` None: the saved config plus ``overrides``; a preset given again
     must rebuild the saved config. Only operational keys (workers, logging, checkpoint cadence,
-    trackers, where the data and outputs live) may change."""
+    trackers, where the data and outputs live, the attention kernel) may change."""
     saved_file = out / "finetune.yaml"
     if not saved_file.is_file():
         return None

@@ -26,6 +26,7 @@ from .. import checkpoint as ckpt
 from ..config import ConfigError
 from ..data import collate, eval_transform, export_data_config, load_splits
 from ..hub import save_pretrained
+from ..attention import resolve_attention, set_attention
 from ..precision import default_device_type, resolve_precision
 from ..schedules import learning_rate, scaled_lr
 from ..trainer import JsonlLog, resolve_trackers, tracker_config
@@ -120,6 +121,8 @@ def finetune(cfg: FinetuneConfig, accelerator: Accelerator, out: Path, resume: b
     splits = load_splits(cfg.data)
     classes = num_classes_of(splits)
     model = build_classifier(cfg.checkpoint, classes, cfg.model)
+    attention = resolve_attention(cfg.train.attention, accelerator.mixed_precision, accelerator.device.type)
+    set_attention(model, attention)
     size = model.patch_embed.img_size[0]
     train_tf = train_transform(size, cfg)
     train_set = splits.dataset(splits.train, seeded(train_tf), seed=cfg.train.seed, on_error="substitute")
@@ -202,7 +205,7 @@ def finetune(cfg: FinetuneConfig, accelerator: Accelerator, out: Path, resume: b
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
     ckpt.save_state(accelerator, out, state, cfg.train.keep_last)
     result: dict[str, Any] = {"checkpoint": cfg.checkpoint, "classes": classes, "steps": total, "epochs": round(total / per_epoch, 3),
-                              "mixed_precision": accelerator.mixed_precision,
+                              "mixed_precision": accelerator.mixed_precision, "attention": attention,
                               "train_seconds": round(time.perf_counter() - started, 1)}  # this session's; a resumed run's is partial
     if eval_loader is not None:
         ks = (1, 5) if classes > 5 else (1,)
