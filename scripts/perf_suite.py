@@ -105,7 +105,7 @@ CPU_PRESETS = ("latent_mim", "mae", "pilamim")
 # 20 interleaved steps found +6 %, with 11 % between two eager runs.
 CPU_BENCH = ("--device", "cpu", "--steps", "20", "--warmup", "2", "--split-steps", "1")
 CPU_BATCH = {"default": "32"}  # the batch each preset trains with; 128 unless named
-CPU_FP32_ONLY = ("default",)  # timed in fp32 alone: the default run's own speed on a CPU without native bf16
+CPU_DEFAULT = ("default",)  # the default run's own step, at its own batch
 # A reference implementation of each method in the same micro config, timed with the same batch on a quiet
 # 2-core CPU with native bf16 (avx512_bf16) under torch.autocast("cpu", bfloat16) and in fp32.
 CPU_REFERENCE: dict[str, dict[str, float]] = {
@@ -133,6 +133,19 @@ CPU_COMPILE: list[tuple[str, str, str, str]] = [
     ("latent_mim", "bf16", "model",
      "On native bf16: 10-30 % over eager bf16 (autocast's casts fuse into the elementwise ops). Without native "
      "bf16 it stays below fp32."),
+]
+# (preset, precision, label, bench switches, prediction written first): one switch away from the trainer's own
+# choice, against that preset's eager run. The predictions come from an interleaved 8-step run on a 2-core Xeon
+# with avx512_bf16 (two rounds, fused then manual).
+CPU_SWITCHES: list[tuple[str, str, str, tuple[str, ...], str]] = [
+    ("latent_mim", "bf16", "fused-attention", ("--attn", "fused"),
+     "20-30 % fewer images/s than the manual kernel that train.attention=auto picks here (154 and 180 against 197 and "
+     "222): torch's fused CPU attention runs its bf16 backward slower than two bf16 matmuls and a softmax."),
+    ("mae", "bf16", "fused-attention", ("--attn", "fused"),
+     "About 45 % fewer (144 and 175 against 290 and 314): the MAE decoder attends over all 64 cells, where the "
+     "fused backward costs most."),
+    ("pilamim", "bf16", "fused-attention", ("--attn", "fused"), "30-45 % fewer (121 and 119 against 224 and 176)."),
+    ("default", "bf16", "fused-attention", ("--attn", "fused"), "25-35 % fewer (132 and 103 against 186 and 155)."),
 ]
 CPU_DATA_PREDICTION = ("Within 5 % of synthetic images: decoding and cropping a 32-px PNG costs ~0.1 ms, ~15 ms per "
                        "batch of 128 against a step of a second or more, though the workers share the 2 cores.")
@@ -184,12 +197,15 @@ def cpu_bench(preset: str, precision: str, compile: str = "none", *extra: str) -
 def add_cpu_runs(plan: Plan, cpu_data: str | None) -> None:
     """fp32 first (what a CPU without native bf16 trains in), then bf16; eager, then compiled."""
     for precision in ("fp32", "bf16"):
-        for preset in (*CPU_PRESETS, *(CPU_FP32_ONLY if precision == "fp32" else ())):
+        for preset in (*CPU_PRESETS, *CPU_DEFAULT):
             ops = ("--ops", "15") if preset == "latent_mim" else ()  # where an eager step's time goes, operator by operator
             plan.add(Run(f"cpu/{preset}/{precision}", "cpu", "bench.py", cpu_bench(preset, precision, "none", *ops)))
         for preset, prec, mode, predicted in (c for c in CPU_COMPILE if c[1] == precision):
             baseline = f"cpu/{preset}/{prec}"
             plan.add(Run(f"{baseline}/compile-{mode}", "cpu", "bench.py", cpu_bench(preset, prec, mode), baseline, predicted))
+        for preset, prec, label, switches, predicted in (c for c in CPU_SWITCHES if c[1] == precision):
+            baseline = f"cpu/{preset}/{prec}"
+            plan.add(Run(f"{baseline}/{label}", "cpu", "bench.py", cpu_bench(preset, prec, "none", *switches), baseline, predicted))
         if cpu_data and precision == "fp32":
             plan.add(Run(f"{CPU_EAGER}/data", "cpu", "bench.py", cpu_bench("latent_mim", precision, "none", "--data", cpu_data),
                          CPU_EAGER, CPU_DATA_PREDICTION))
@@ -418,7 +434,9 @@ def render_cpu(results: dict[str, dict[str, Any]], plan: Plan) -> list[str]:
     lines = ["", "## CPU: the micro config", "",
              "Each preset at its `micro` overlay (a 192-wide, 6-deep ViT on an 8x8 grid of 4-px patches, 32-px images; "
              "heads scaled by the overlay's rule; `default` is latent_mim+micro at the default run's batch), synthetic "
-             "images unless stated, one process per measurement, torch's default CPU threads. GFLOP/s is the counted "
+             "images unless stated, one process per measurement, torch's default CPU threads, and the trainer's own "
+             "attention kernel (`train.attention: auto`: manual softmax(q k^T) v under bf16 on a CPU, the fused kernel "
+             "in fp32). GFLOP/s is the counted "
              "forward + backward FLOPs over the step time; \"of matmul rate\" divides it by the rate of a large matmul at the same precision, timed on the spot on the same CPU. "
              f"The reference figures were measured on another machine ({CPU_REFERENCE_MACHINE}), so no ratio is computed "
              "against them unless that machine ran both.", ""]

@@ -693,3 +693,14 @@ def test_baseline_claims_raw_pixels_and_fine_tuning_from_scratch():
     assert verdict({"mae": {"nn": 36.0}, "pixels": {"nn": 34.9}}, "every non-naive").verdict.startswith("pending")
     early = verdict({"mae": {"finetune": 46.6}, "init": {"finetune": 50.0}}, "pretraining")  # one row below decides it
     assert early.verdict == "not reproduced" and early.detail == "mae 46.6 vs from scratch 50.0; the other rows are pending"
+
+
+@pytest.mark.parametrize("native, label", [(True, "Xeon (CPU, bf16 autocast)"), (False, "Xeon (CPU, fp32)")])
+def test_a_cpu_run_names_the_precision_auto_gives_it(monkeypatch, native, label):
+    from mimkit.reproduce import runner
+
+    monkeypatch.setattr(runner.shutil, "which", lambda name: None)
+    monkeypatch.setattr(runner, "cpu_model", lambda: "Xeon")
+    monkeypatch.setattr(runner, "cpu_has_native_bf16", lambda: native)
+    assert runner.detect_device() == label
+    assert runner.detect_device(2) == f"2 × {label}"

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from ..platform_info import cpu_model
+from ..precision import cpu_has_native_bf16
 from .plan import Plan, RunSpec, best_lr, with_lr
 from .commands import Settings, Pending, display, phases, planned_config
 from .state import LOCK, inspect_run, load_timing, read_json, release_lock, take_lock, write_json
@@ -222,7 +223,8 @@ def pick_lrs(plan: Plan, s: Settings) -> dict[str, float]:
 
 
 def detect_device(processes: int = 1) -> str:
-    """The GPU name(s) from nvidia-smi, else the CPU model."""
+    """The GPU name(s) from nvidia-smi, else the CPU model and the precision ``auto`` gives it
+    (runs on CPUs with and without native bf16 then read apart in the report)."""
     name = ""
     if shutil.which("nvidia-smi"):
         try:
@@ -232,7 +234,7 @@ def detect_device(processes: int = 1) -> str:
         except (OSError, subprocess.SubprocessError):
             name = ""
     if not name:
-        name = cpu_model() + " (CPU)"
+        name = cpu_model() + (" (CPU, bf16 autocast)" if cpu_has_native_bf16() else " (CPU, fp32)")
     return f"{processes} × {name}" if processes > 1 else name
 
 
