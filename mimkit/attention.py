@@ -8,9 +8,10 @@ and a precision.
 
 ``fused`` is ``F.scaled_dot_product_attention`` (flash attention on GPUs and CPUs); ``manual``
 computes softmax(q k^T / sqrt(d)) v as two batched matmuls and a softmax, timm's own
-non-fused path. On a CPU under bf16 autocast, torch's fused kernel is the slow one, its backward
-above all, while the two matmuls that replace it run at the bf16 matmul rate. Measured on a 2-core Xeon with avx512_bf16 (a
-timm Block 192 wide with 3 heads, batch 128, forward + backward, best of 3):
+non-fused path. On a CPU under bf16 autocast, torch's fused kernel is the slow one, its
+backward above all, while the two matmuls that replace it run at the bf16 matmul rate. Measured
+on a 2-core Xeon with avx512_bf16 (a timm Block 192 wide with 3 heads, batch 128, forward +
+backward, best of 3):
 
 | tokens | fused bf16 | manual bf16 | fused fp32 | manual fp32 |
 |---|---|---|---|---|

@@ -22,13 +22,13 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from torch.utils.data import DataLoader
 
 from . import checkpoint as ckpt
+from .attention import resolve_attention, set_attention
 from .augment import finish_batch
 from .config import ConfigError, RunConfig, TrainConfig, flatten
 from .data import collate, export_data_config, load_splits, train_transform
 from .eval.monitor import build_monitor
 from .jsonl import read_jsonl
 from .model import MIMModel, build_model
-from .attention import resolve_attention, set_attention
 from .precision import bf16_is_emulated, default_device_type, resolve_precision
 from .schedules import learning_rate, scaled_lr
 

@@ -146,7 +146,7 @@ class CrossAttnDecoder(_Decoder):
         q = self.queries(target_idx).to(z.dtype)  # (B, Nt, dim)
         if self.visual_cues:
             p_t, p_v = self.pos[target_idx].to(z.dtype), self.pos[visible_idx].to(z.dtype)  # (B, Nt, dim), (B, Nv, dim)
-            # softmax_v(p_t . p_v / sqrt(d)) Z_V, as one fused attention over the visible latents
+            # softmax_v(p_t . p_v / sqrt(d)) Z_V, as one attention over the visible latents
             q = q + attend(p_t, p_v, z[:, num_prefix:], self.fused_attn)
         mem = self.add_positions(z, visible_idx, num_prefix)  # (B, p+Nv, dim)
         if self.cls_query is not None:

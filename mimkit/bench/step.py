@@ -83,7 +83,10 @@ def make_runner(cfg: RunConfig, args: argparse.Namespace, batch: int, compile_mo
         model.compile_step(compile_mode)
     precision = args.precision or default_precision(cfg, device.type)
     dtype = PRECISIONS[precision]
-    attention = "math" if args.attn == "math" else resolve_attention(cfg.train.attention if args.attn == "auto" else args.attn, precision, device.type)
+    if args.attn == "math":  # SDPA, sent to its math backend in loss()
+        attention = "math"
+    else:
+        attention = resolve_attention(cfg.train.attention if args.attn == "auto" else args.attn, precision, device.type)
     set_attention(model, "fused" if attention == "math" else attention)
     scaler = torch.amp.GradScaler(device.type) if dtype is torch.float16 else None
     optimizer = make_optimizer(model, cfg, scaled_lr(cfg.train.base_lr, batch), adamw_impl(args))

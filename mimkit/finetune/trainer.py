@@ -23,10 +23,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from .. import checkpoint as ckpt
+from ..attention import resolve_attention, set_attention
 from ..config import ConfigError
 from ..data import collate, eval_transform, export_data_config, load_splits
 from ..hub import save_pretrained
-from ..attention import resolve_attention, set_attention
 from ..precision import default_device_type, resolve_precision
 from ..schedules import learning_rate, scaled_lr
 from ..trainer import JsonlLog, resolve_trackers, tracker_config
