@@ -16,7 +16,7 @@ from mimkit.weights import init_weights
 from .base import Context, Objective
 from .decoders import build_decoder
 from .losses import (
-    mean_pairwise_cosine, patch_disc_of, reconstruction_loss, retrieval_cosines, retrieval_top1, retrieval_top1_of,
+    mean_pairwise_cosine, patch_disc_of, reconstruction_loss, retrieval_cosines, retrieval_top1_of,
     similarity_regularizer,
 )
 from .projector import build_projector, projector_dim
@@ -85,9 +85,9 @@ class LatentObjective(Objective):
     def forward(self, ctx: Context) -> dict[str, Tensor]:
         pred, target, z_vis, pred_cls, target_cls = self.predict(ctx)
 
-        # patch discrimination and the retrieval monitor read the same cosines: computed once
-        cosines = retrieval_cosines(pred, target) if self.cfg.loss == "patch_disc" else None  # (B, Nt, Nt)
-        rec = patch_disc_of(cosines, self.cfg.tau) if cosines is not None else self.loss_fn(pred, target)
+        # (B, Nt, Nt): the retrieval monitor's cosines, and patch discrimination's logits times tau
+        cosines = retrieval_cosines(pred, target)
+        rec = patch_disc_of(cosines, self.cfg.tau) if self.cfg.loss == "patch_disc" else self.loss_fn(pred, target)
         loss = rec
         out: dict[str, Tensor] = {"latent/rec": rec.detach()}
         sim = self.cfg.similarity
@@ -101,7 +101,7 @@ class LatentObjective(Objective):
             out["latent/sim_pred"] = mean_pairwise_cosine(pred).mean()
             out["latent/sim_visible"] = mean_pairwise_cosine(z_vis).mean()
             out["latent/sim_target"] = mean_pairwise_cosine(target).mean()
-            out["latent/retrieval_top1"] = retrieval_top1_of(cosines) if cosines is not None else retrieval_top1(pred, target)
+            out["latent/retrieval_top1"] = retrieval_top1_of(cosines)
             if ctx.visible.shape[0] > 1:  # the paper's "Sim": across images, of mean-pooled encoder latents
                 out["latent/sim_images"] = mean_pairwise_cosine(ctx.visible.mean(1))
         if self.publish_cls:

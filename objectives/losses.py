@@ -39,7 +39,8 @@ def standardize_patches(x: Tensor, eps: float = 1e-4) -> Tensor:
 
     x: (B, N, D) -> (B, N, D)
     """
-    centred = x.float() - x.float().mean(dim=1, keepdim=True)
+    x = x.float()
+    centred = x - x.mean(dim=1, keepdim=True)
     # the unbiased std from the centred values: half the time of torch.std over a middle axis on a CPU
     std = (centred.pow(2).sum(dim=1, keepdim=True) / (x.shape[1] - 1)).sqrt()
     return centred / (std + eps)
