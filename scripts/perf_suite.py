@@ -146,6 +146,13 @@ CPU_SWITCHES: list[tuple[str, str, str, tuple[str, ...], str]] = [
      "fused backward costs most."),
     ("pilamim", "bf16", "fused-attention", ("--attn", "fused"), "30-45 % fewer (121 and 119 against 224 and 176)."),
     ("default", "bf16", "fused-attention", ("--attn", "fused"), "25-35 % fewer (132 and 103 against 186 and 155)."),
+    ("latent_mim", "bf16", "glibc-malloc", ("--host-alloc", "glibc"),
+     "5-25 % fewer images/s than with freed memory retained (three interleaved pairs: 158, 171, 225 against 186, 220, "
+     "232), and 3-4 times the page faults per step: glibc maps the step's larger activations afresh from the kernel "
+     "and trims its heap after them, so their pages fault in again on every step."),
+    ("default", "bf16", "glibc-malloc", ("--host-alloc", "glibc"),
+     "0-15 % fewer (two pairs: 166 and 168 against 193 and 142, too noisy to call): at batch 32 fewer blocks outgrow "
+     "glibc's adaptive threshold, so fewer page faults are left to save."),
 ]
 CPU_DATA_PREDICTION = ("Within 5 % of synthetic images: decoding and cropping a 32-px PNG costs ~0.1 ms, ~15 ms per "
                        "batch of 128 against a step of a second or more, though the workers share the 2 cores.")
@@ -457,19 +464,18 @@ def render_cpu(results: dict[str, dict[str, Any]], plan: Plan) -> list[str]:
         lines.append(f"| {preset} | {rec['batch']} | {precision} | {rec['compile']} | {rec['images_per_s']:.1f} | {rec['gflop_per_image']:.3f} | "
                      f"{rec['tflop_per_s'] * 1e3:.0f} | {rec['matmul_share'] * 100:.0f} % | {ref} | `{_shown(results, run)}` |")
     lines += ["", "One switch at a time against its eager baseline; the prediction was written before the measurement:", "",
-              "| run | images/s | baseline images/s | change | first step s | predicted | command |", "|---|---|---|---|---|---|---|"]
+              "| run | images/s | baseline images/s | change | page faults per step (baseline) | first step s | predicted | command |",
+              "|---|---|---|---|---|---|---|---|"]
     for run in (r for r in cpu_runs if r.baseline):
         rec, base = _rec(results, run.name), _rec(results, run.baseline or "")
         if rec is None or base is None:
-            lines.append(f"| {run.name} | {_status(results, run.name)} | | | | {run.predicted} | `{_shown(results, run)}` |")
+            lines.append(f"| {run.name} | {_status(results, run.name)} | | | | | {run.predicted} | `{_shown(results, run)}` |")
             continue
-        if (rec["steps"], rec["warmup"]) != (base["steps"], base["warmup"]):  # timed by two protocols: no ratio
-            lines.append(f"| {run.name} | {rec['images_per_s']:.1f} | {base['images_per_s']:.1f} | baseline timed with "
-                         f"{base['steps']} steps, this with {rec['steps']} | {rec['first_step_s']} | {run.predicted} | "
-                         f"`{_shown(results, run)}` |")
-            continue
-        lines.append(f"| {run.name} | {rec['images_per_s']:.1f} | {base['images_per_s']:.1f} | "
-                     f"{_pct(rec['images_per_s'], base['images_per_s'])} | {rec['first_step_s']} | {run.predicted} | `{_shown(results, run)}` |")
+        faults = f"{rec.get('page_faults_per_step', '–')} ({base.get('page_faults_per_step', '–')})"
+        change = (_pct(rec["images_per_s"], base["images_per_s"]) if (rec["steps"], rec["warmup"]) == (base["steps"], base["warmup"])
+                  else f"baseline timed with {base['steps']} steps, this with {rec['steps']}")  # two protocols: no ratio
+        lines.append(f"| {run.name} | {rec['images_per_s']:.1f} | {base['images_per_s']:.1f} | {change} | {faults} | "
+                     f"{rec['first_step_s']} | {run.predicted} | `{_shown(results, run)}` |")
     for name in (CPU_EAGER, "cpu/latent_mim/bf16"):
         rec = _rec(results, name)
         if not rec or not rec.get("top_ops"):

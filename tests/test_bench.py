@@ -24,7 +24,7 @@ TINY = ["--preset", "latent_mim+tiny", "--device", "cpu", "--steps", "2", "--war
 KEYS = {
     "preset", "model", "batch", "steps", "device", "device_name", "precision", "compile", "images_per_s", "step_ms",
     "flops_per_step", "gflop_per_image", "tflop_per_s", "peak_mem_gib", "split_ms", "compile_s", "data",
-    "attn", "adamw", "sync_every_step", "host_syncs_per_step", "grad_checkpointing",
+    "attn", "adamw", "sync_every_step", "host_syncs_per_step", "grad_checkpointing", "host_alloc", "page_faults_per_step",
 }
 
 
@@ -58,6 +58,7 @@ def test_synthetic_run_reports_real_numbers(bench: ModuleType, capsys: pytest.Ca
     assert rec["gflop_per_image"] == pytest.approx(rec["flops_per_step"] / 4 / 1e9, rel=1e-3)
     assert rec["matmul_tflop_per_s"] > 0 and rec["matmul_share"] == pytest.approx(rec["tflop_per_s"] / rec["matmul_tflop_per_s"], rel=0.05, abs=1e-4)
     assert rec["top_ops"] is None  # off unless asked for
+    assert rec["host_alloc"] in ("retain", "unchanged") and rec["page_faults_per_step"] >= 0
     split = rec["split_ms"]
     assert {"context_encoder", "target_encoder", "head/latent", "forward_other", "backward", "optimizer", "ema", "step"} <= split.keys()
     assert all(v > 0 for k, v in split.items() if k != "forward_other")
@@ -120,6 +121,7 @@ def test_optimisations_switch_off_one_at_a_time(bench: ModuleType, capsys: pytes
         (["--attn", "manual"], "attn", "manual"),
         (["--adamw", "loop"], "adamw", "loop"),
         (["--sync-every-step"], "sync_every_step", True),
+        (["--host-alloc", "glibc"], "host_alloc", "glibc"),
     ]:
         (rec,) = run(bench, capsys, base + extra)
         assert rec[key] == value, extra

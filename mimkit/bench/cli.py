@@ -4,7 +4,7 @@ where the time of a step goes.
     mimkit bench --preset P [--model NAME] [--batch B[,B2,...]] [--steps N] [--warmup W]
                             [--compile none|blocks|model] [--data DIR] [--precision bf16|fp16|fp32]
                             [--attn auto|fused|manual|math] [--adamw fused|foreach|loop] [--sync-every-step]
-                            [--device cuda|cpu] [--split-steps K] [key=value ...]
+                            [--device cuda|cpu] [--split-steps K] [--host-alloc retain|glibc] [key=value ...]
 
 One training step is what ``mimkit.trainer.fit`` does per optimizer step: forward under
 autocast, backward (through a GradScaler for fp16), fused AdamW step with the trainer's
@@ -26,8 +26,10 @@ whose forward + backward FLOPs are counted with FlopCounterMode and K profiled s
 time split (CUDA events at forward hooks of the context encoder, target encoder and heads,
 and around backward, optimizer and EMA). ``matmul_share`` is the step's model FLOP/s over the
 device's own dense matmul rate at the same precision (``matmul_tflop_per_s``, an n x n product
-timed on the spot); ``--ops N`` lists the N operators of one eager step with the most self time
-(torch.profiler), to see where a step's time goes beyond the matmuls.
+timed on the spot); ``page_faults_per_step`` is the host's minor page faults per timed step
+(``--host-alloc glibc`` leaves malloc as it is, to measure what ``mimkit.host_memory`` saves);
+``--ops N`` lists the N operators of one eager step with the most self time (torch.profiler), to
+see where a step's time goes beyond the matmuls.
 
 Each optimisation can be switched off on its own to measure what it gives: ``--precision
 fp32`` (bf16 autocast), ``--attn fused|manual|math`` (the trainer's attention kernel,
@@ -63,6 +65,7 @@ from typing import Any
 import torch
 
 from ..config import ConfigError, RunConfig, load_config
+from ..host_memory import retain_freed_memory
 from ..precision import cpu_has_native_bf16
 from .clocks import Clock
 from .step import PRECISIONS, adamw_impl, default_precision, loader_images, make_runner, synthetic_images
@@ -102,6 +105,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--precision", choices=sorted(PRECISIONS), help="autocast dtype (default: the config's train.mixed_precision)")
     ap.add_argument("--device", choices=["cuda", "cpu"], help="default: cuda when available")
     ap.add_argument("--ops", type=int, default=0, metavar="N", help="list the N operators of one eager step with the most self time")
+    ap.add_argument("--host-alloc", choices=["retain", "glibc"], default="retain",
+                    help="retain: keep freed host memory for reuse, as every mimkit command does; glibc: malloc's defaults (default: %(default)s)")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     args = ap.parse_intermixed_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.split_steps < 0:
@@ -133,7 +138,7 @@ def bench_one(cfg: RunConfig, args: argparse.Namespace, batch: int) -> dict[str,
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     warmup = max(args.warmup, 1) if args.compile != "none" else args.warmup
-    first_s, elapsed_ms = time_steps(runner, batches, warmup, args.steps, clock)
+    first_s, elapsed_ms, faults = time_steps(runner, batches, warmup, args.steps, clock)
     peak = peak_memory(device)
     syncs = count_host_syncs(runner, next(batches))
     if args.compile != "none":  # FLOPs and the split are counted on an eager copy
@@ -174,6 +179,8 @@ def bench_one(cfg: RunConfig, args: argparse.Namespace, batch: int) -> dict[str,
         "matmul_tflop_per_s": significant(ceiling),
         "matmul_share": significant(flops / step_s / 1e12 / ceiling),  # model FLOP/s over the device's matmul rate
         "peak_mem_gib": peak,
+        "host_alloc": args.host_alloc,
+        "page_faults_per_step": round(faults / args.steps),
         "host_syncs_per_step": syncs,
         "split_ms": split,
         "split_steps": args.split_steps,
@@ -230,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.data_only and not args.data:
         print("error: --data-only needs --data (the images whose decoding is timed)", file=sys.stderr)
         return 2
+    if args.host_alloc == "retain" and not retain_freed_memory():
+        args.host_alloc = "unchanged"  # not glibc, or malloc tuned by the environment: recorded as it ran
     status = 0
     try:
         cfg = load_config(args.preset, config_overrides(args))
