@@ -22,7 +22,7 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from torch.utils.data import DataLoader
 
 from . import checkpoint as ckpt
-from .attention import resolve_attention, set_attention
+from .attention import apply_attention
 from .augment import finish_batch
 from .config import ConfigError, RunConfig, TrainConfig, flatten
 from .data import collate, export_data_config, load_splits, train_transform
@@ -272,8 +272,7 @@ class Trainer:
         set_seed(tr.seed)
         splits = load_splits(cfg.data)  # fails before any training on a bad source, split or column
         model = build_model(cfg)
-        self.attention = resolve_attention(tr.attention, accelerator.mixed_precision, accelerator.device.type)
-        set_attention(model, self.attention)
+        self.attention = apply_attention(model, tr.attention, accelerator.mixed_precision, accelerator.device.type)
         log.info("attention: %s (train.attention=%s)", self.attention, tr.attention)
         if tr.compile != "none":
             log.info("train.compile=%s: %d compiled units", tr.compile, model.compile_step(tr.compile))

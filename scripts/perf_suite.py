@@ -146,6 +146,9 @@ CPU_SWITCHES: list[tuple[str, str, str, tuple[str, ...], str]] = [
      "fused backward costs most."),
     ("pilamim", "bf16", "fused-attention", ("--attn", "fused"), "30-45 % fewer (121 and 119 against 224 and 176)."),
     ("default", "bf16", "fused-attention", ("--attn", "fused"), "25-35 % fewer (132 and 103 against 186 and 155)."),
+    ("latent_mim", "bf16", "manual-everywhere", ("--attn", "manual"),
+     "3-10 % fewer images/s than auto: the EMA target encoder's gradient-free forward (about a third of the step) "
+     "runs the manual kernel, which took 6-36 % longer than the fused one there in three interleaved pairs."),
     ("latent_mim", "bf16", "glibc-malloc", ("--host-alloc", "glibc"),
      "5-25 % fewer images/s than with freed memory retained (three interleaved pairs: 158, 171, 225 against 186, 220, "
      "232), and 3-4 times the page faults per step: glibc maps the step's larger activations afresh from the kernel "

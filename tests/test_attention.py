@@ -8,7 +8,7 @@ import torch
 from timm.layers import Attention
 
 import mimkit
-from mimkit.attention import attend, resolve_attention, set_attention
+from mimkit.attention import apply_attention, attend, attention_modules, forward_only, resolve_attention, set_attention
 from mimkit.objectives.decoders import CrossAttention, CrossAttnDecoder
 
 from .runs import TINY, run_train
@@ -65,3 +65,25 @@ def test_a_run_trains_with_the_kernel_it_names(tmp_path):
     out = tmp_path / "run"
     assert run_train(*TINY, "--output", str(out), "train.max_steps=1", "train.attention=manual", "train.eval_baseline=false") == 0
     assert json.loads((out / "summary.json").read_text())["attention"] == "manual"
+
+
+def test_auto_keeps_the_fused_kernel_in_gradient_free_modules():
+    """Under auto on a CPU in bf16: manual where a backward runs, fused in the EMA target encoder."""
+    model = mimkit.build_model(mimkit.load_config("latent_mim+tiny"))
+    context = attention_modules(model.encoder)
+    target = attention_modules(model.target.own)
+    assert context and target
+    assert apply_attention(model, "auto", "bf16", "cpu") == "manual"
+    assert not any(m.fused_attn for m in context) and all(m.fused_attn for m in target)
+    assert apply_attention(model, "manual", "bf16", "cpu") == "manual"  # asked for by name: everywhere
+    assert not any(m.fused_attn for m in attention_modules(model))
+
+
+def test_forward_only_runs_fused_and_restores_each_kernel():
+    model = mimkit.build_model(mimkit.load_config("latent_mim+tiny"))
+    apply_attention(model, "auto", "bf16", "cpu")
+    before = [m.fused_attn for m in attention_modules(model)]
+    assert False in before and True in before
+    with forward_only(model):
+        assert all(m.fused_attn for m in attention_modules(model))
+    assert [m.fused_attn for m in attention_modules(model)] == before

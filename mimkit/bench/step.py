@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..attention import resolve_attention, set_attention
+from ..attention import apply_attention, set_attention
 from ..config import ConfigError, RunConfig
 from ..precision import resolve_precision
 
@@ -85,9 +85,9 @@ def make_runner(cfg: RunConfig, args: argparse.Namespace, batch: int, compile_mo
     dtype = PRECISIONS[precision]
     if args.attn == "math":  # SDPA, sent to its math backend in loss()
         attention = "math"
+        set_attention(model, "fused")
     else:
-        attention = resolve_attention(cfg.train.attention if args.attn == "auto" else args.attn, precision, device.type)
-    set_attention(model, "fused" if attention == "math" else attention)
+        attention = apply_attention(model, cfg.train.attention if args.attn == "auto" else args.attn, precision, device.type)
     scaler = torch.amp.GradScaler(device.type) if dtype is torch.float16 else None
     optimizer = make_optimizer(model, cfg, scaled_lr(cfg.train.base_lr, batch), adamw_impl(args))
     return StepRunner(

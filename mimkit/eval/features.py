@@ -19,6 +19,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from ..attention import forward_only
 from ..data import collate
 from ..encoder import ContextEncoder
 from ..precision import resolve_precision
@@ -240,7 +241,7 @@ def extract_features(
     sims: dict[bool, list[Tensor]] = {n: [] for n in norms}
     labels: list[Tensor] = []
     holes, passed_over = 0, 0  # undecodable rows left out; images a dataset replaced by others
-    with frozen_on(vit, device):
+    with frozen_on(vit, device), forward_only(vit):
         prefix = vit.num_prefix_tokens
         for batch in loader:
             ok = batch["ok"]  # (B,)

@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from .. import checkpoint as ckpt
-from ..attention import resolve_attention, set_attention
+from ..attention import apply_attention
 from ..config import ConfigError
 from ..data import collate, eval_transform, export_data_config, load_splits
 from ..hub import save_pretrained
@@ -121,8 +121,7 @@ def finetune(cfg: FinetuneConfig, accelerator: Accelerator, out: Path, resume: b
     splits = load_splits(cfg.data)
     classes = num_classes_of(splits)
     model = build_classifier(cfg.checkpoint, classes, cfg.model)
-    attention = resolve_attention(cfg.train.attention, accelerator.mixed_precision, accelerator.device.type)
-    set_attention(model, attention)
+    attention = apply_attention(model, cfg.train.attention, accelerator.mixed_precision, accelerator.device.type)
     size = model.patch_embed.img_size[0]
     train_tf = train_transform(size, cfg)
     train_set = splits.dataset(splits.train, seeded(train_tf), seed=cfg.train.seed, on_error="substitute")
