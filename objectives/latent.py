@@ -86,7 +86,8 @@ class LatentObjective(Objective):
         pred, target, z_vis, pred_cls, target_cls = self.predict(ctx)
 
         # (B, Nt, Nt): the retrieval monitor's cosines, and patch discrimination's logits times tau
-        cosines = retrieval_cosines(pred, target)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.cfg.loss == "patch_disc"):  # a graph only for the loss
+            cosines = retrieval_cosines(pred, target)
         rec = patch_disc_of(cosines, self.cfg.tau) if self.cfg.loss == "patch_disc" else self.loss_fn(pred, target)
         loss = rec
         out: dict[str, Tensor] = {"latent/rec": rec.detach()}
