@@ -156,6 +156,12 @@ CPU_SWITCHES: list[tuple[str, str, str, tuple[str, ...], str]] = [
     ("default", "bf16", "glibc-malloc", ("--host-alloc", "glibc"),
      "0-15 % fewer (two pairs: 166 and 168 against 193 and 142, too noisy to call): at batch 32 fewer blocks outgrow "
      "glibc's adaptive threshold, so fewer page faults are left to save."),
+    ("default", "bf16", "adamw-loop", ("--adamw", "loop"),
+     "5-15 % fewer images/s than the fused AdamW: the per-parameter loop over the 138 tensors runs about 600 small "
+     "kernels, each wrapping a Python scalar, about 20 ms a step (48-51 against 17 ms in the optimizer's share of "
+     "two interleaved pairs on a loaded machine) against a step of about 160 ms at batch 32."),
+    ("latent_mim", "bf16", "adamw-loop", ("--adamw", "loop"),
+     "2-5 % fewer: the same fixed cost against a step four times longer at batch 128."),
 ]
 CPU_DATA_PREDICTION = ("Within 5 % of synthetic images: decoding and cropping a 32-px PNG costs ~0.1 ms, ~15 ms per "
                        "batch of 128 against a step of a second or more, though the workers share the 2 cores.")
@@ -446,7 +452,7 @@ def render_cpu(results: dict[str, dict[str, Any]], plan: Plan) -> list[str]:
              "heads scaled by the overlay's rule; `default` is latent_mim+micro at the default run's batch), synthetic "
              "images unless stated, one process per measurement, torch's default CPU threads, and the trainer's own "
              "attention kernel (`train.attention: auto`: manual softmax(q k^T) v under bf16 on a CPU, the fused kernel "
-             "in fp32). GFLOP/s is the counted "
+             "in fp32) and AdamW (the fused kernel). GFLOP/s is the counted "
              "forward + backward FLOPs over the step time; \"of matmul rate\" divides it by the rate of a large matmul at the same precision, timed on the spot on the same CPU. "
              f"The reference figures were measured on another machine ({CPU_REFERENCE_MACHINE}), so no ratio is computed "
              "against them unless that machine ran both.", ""]

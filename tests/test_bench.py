@@ -52,7 +52,7 @@ def test_synthetic_run_reports_real_numbers(bench: ModuleType, capsys: pytest.Ca
     assert KEYS <= rec.keys()
     assert (rec["preset"], rec["batch"], rec["steps"], rec["device"], rec["precision"]) == ("latent_mim+tiny", 4, 2, "cpu", "fp32")
     assert rec["data"] == "synthetic" and rec["compile"] == "none" and rec["peak_mem_gib"] is None
-    assert (rec["attn"], rec["adamw"], rec["sync_every_step"], rec["host_syncs_per_step"]) == ("fused", "default", False, None)
+    assert (rec["attn"], rec["adamw"], rec["sync_every_step"], rec["host_syncs_per_step"]) == ("fused", "fused", False, None)
     assert rec["images_per_s"] > 0 and rec["step_ms"] > 0
     assert rec["flops_per_step"] > 0 and rec["tflop_per_s"] > 0
     assert rec["gflop_per_image"] == pytest.approx(rec["flops_per_step"] / 4 / 1e9, rel=1e-3)

@@ -78,7 +78,7 @@ def test_cpu_section_rows_switches_and_operators_come_from_the_records(suite: Mo
         if run.baseline:
             base = cpu[run.baseline].args
             changed = {a for a in run.args if a not in base} | {a for a in base if a not in run.args}
-            assert changed <= {"model", "blocks", "none", "--data", "/data/cifar10", "--ops", "15", "--attn", "fused", "manual", "--host-alloc", "glibc"}, name
+            assert changed <= {"model", "blocks", "none", "--data", "/data/cifar10", "--ops", "15", "--attn", "fused", "manual", "--host-alloc", "glibc", "--adamw", "loop"}, name
     entry = suite.execute(suite.Run("t", "cpu", "bench.py", (*TINY_BENCH, "--ops", "3")), timeout_s=300)
     rec = entry["records"][0]
     assert rec["cpu_native_bf16"] in (True, False) and len(rec["top_ops"]) == 3

@@ -119,3 +119,24 @@ def test_the_tail_after_the_last_step_says_what_it_does(tmp_path, caplog):
         "scoring the encoder (end): NN on 1,000 images and k-NN from 64 train images",
         f"exporting the encoder to {tmp_path / 'run' / 'encoder'}",
     ]
+
+
+def test_a_cpu_run_steps_with_the_fused_adamw_whose_first_update_is_computed_by_hand():
+    """First AdamW step from zero moments: m_hat = g, v_hat = g^2, so each weight moves by
+    -lr * (g / (|g| + eps) + wd * w) (decoupled decay); 1-D parameters are not decayed."""
+    import mimkit
+    from mimkit.trainer import default_adamw_impl, make_optimizer
+
+    assert default_adamw_impl("cpu") == default_adamw_impl("cuda") == "fused"
+    model = mimkit.build_model(mimkit.load_config("latent_mim+tiny", []))
+    lr, wd, eps = 1e-2, model.cfg.train.weight_decay, 1e-8
+    opt = make_optimizer(model, model.cfg, lr, default_adamw_impl("cpu"))
+    assert all(g["fused"] for g in opt.param_groups)
+    weight, bias = model.encoder.vit.blocks[0].mlp.fc1.weight, model.encoder.vit.blocks[0].mlp.fc1.bias
+    w0, b0 = weight.detach().clone(), bias.detach().clone()
+    images = torch.randn(4, 3, model.input_size, model.input_size)
+    model(images)["loss"].backward()
+    gw, gb = weight.grad.clone(), bias.grad.clone()
+    opt.step()
+    torch.testing.assert_close(weight.detach(), w0 - lr * (gw / (gw.abs() + eps) + wd * w0), rtol=0, atol=1e-6)
+    torch.testing.assert_close(bias.detach(), b0 - lr * gb / (gb.abs() + eps), rtol=0, atol=1e-6)

@@ -35,7 +35,7 @@ Each optimisation can be switched off on its own to measure what it gives: ``--p
 fp32`` (bf16 autocast), ``--attn fused|manual|math`` (the trainer's attention kernel,
 ``train.attention: auto``: fused scaled-dot-product attention, or on a CPU under bf16 the manual
 softmax(QK^T)V; ``math`` is SDPA's math backend), ``--adamw foreach|loop`` (the fused
-AdamW kernel), ``--sync-every-step`` (reads the loss on the host every step, as a loop that
+AdamW kernel, the default on CUDA and CPUs), ``--sync-every-step`` (reads the loss on the host every step, as a loop that
 logs each step does), ``--compile none`` (torch.compile), ``model.grad_checkpointing=true``
 (activation checkpointing: memory for time). ``scripts/bench_masking.py`` times masking on the
 device against host-drawn masks and per-image loops.
@@ -98,7 +98,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--attn", choices=["auto", "fused", "manual", "math"], default="auto",
                     help="attention kernel: the trainer's train.attention rule (auto), fused SDPA, the manual "
                          "softmax(q k^T) v, or SDPA's math backend (default: %(default)s)")
-    ap.add_argument("--adamw", choices=["fused", "foreach", "loop"], help="AdamW kernels (default: fused on cuda, torch's choice on cpu)")
+    ap.add_argument("--adamw", choices=["fused", "foreach", "loop"], help="AdamW kernels (default: fused on cuda and cpu, torch's choice elsewhere)")
     ap.add_argument("--sync-every-step", action="store_true", help="read the loss on the host after every step")
     ap.add_argument("--data", help="real images through mimkit's data pipeline: 'embedded', a directory or a Hub id (default: synthetic)")
     ap.add_argument("--data-only", action="store_true", help="with --data: time decoding + augmentation + copy alone (no model)")

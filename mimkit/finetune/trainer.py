@@ -29,7 +29,7 @@ from ..data import collate, eval_transform, export_data_config, load_splits
 from ..hub import save_pretrained
 from ..precision import default_device_type, resolve_precision
 from ..schedules import learning_rate, scaled_lr
-from ..trainer import JsonlLog, resolve_trackers, tracker_config
+from ..trainer import ADAMW_IMPLS, JsonlLog, default_adamw_impl, resolve_trackers, tracker_config
 from .config import FinetuneConfig
 from .model import build_classifier
 
@@ -91,7 +91,7 @@ def layer_decay_optimizer(model: torch.nn.Module, cfg: FinetuneConfig, lr: float
     1-D parameters and position / class tokens are not decayed."""
     o = cfg.optim
     return create_optimizer_v2(model, opt="adamw", lr=lr, weight_decay=o.weight_decay, layer_decay=o.layer_decay,
-                               betas=tuple(o.betas))
+                               betas=tuple(o.betas), **ADAMW_IMPLS[default_adamw_impl(default_device_type())])
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
