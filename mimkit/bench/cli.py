@@ -35,8 +35,8 @@ Each optimisation can be switched off on its own to measure what it gives: ``--p
 fp32`` (bf16 autocast), ``--attn fused|manual|math`` (the trainer's attention kernel,
 ``train.attention: auto``: fused scaled-dot-product attention, or on a CPU under bf16 the manual
 softmax(QK^T)V; ``math`` is SDPA's math backend), ``--adamw foreach|loop`` (the fused
-AdamW kernel, the default on CUDA and CPUs), ``--sync-every-step`` (reads the loss on the host every step, as a loop that
-logs each step does), ``--compile none`` (torch.compile), ``model.grad_checkpointing=true``
+AdamW kernel, the default on CUDA and CPUs), ``--sync-every-step`` (reads the loss on the host
+every step, as a loop that logs each step does), ``--compile none`` (torch.compile), ``model.grad_checkpointing=true``
 (activation checkpointing: memory for time). ``scripts/bench_masking.py`` times masking on the
 device against host-drawn masks and per-image loops.
 
