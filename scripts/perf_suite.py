@@ -18,14 +18,17 @@ Groups: ``table`` (each preset at the reference batches, compiled, plus eager at
 ``ablation`` (latent_mim at 256 with one optimisation off per run), ``masking``, ``data``
 (the input pipeline alone and end to end; needs ``--data``, an image dataset such as Imagenette)
 run on a GPU; ``cpu`` (each preset at the micro config on the CPU, fp32 and bf16, compiled,
-and with real 32-px images from ``--cpu-data``, e.g. CIFAR-10) is asked for by name:
-``--groups cpu``.
+and with real 32-px images from ``--cpu-data``, e.g. CIFAR-10) and ``cpu-baseline`` (the CPU
+reference comparison's configuration, timed with this checkout and with an earlier revision in
+alternation, the earlier one extracted by ``git archive`` under ``.perf-baseline/``) are asked
+for by name: ``--groups cpu,cpu-baseline``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -34,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-GROUPS = ("table", "ablation", "masking", "data", "cpu")
+GROUPS = ("table", "ablation", "masking", "data", "cpu", "cpu-baseline")
 GPU_GROUPS = ("table", "ablation", "masking", "data")  # what `run` measures unless --groups says otherwise
 
 # The authors' implementations, timed on one H100: fp16 autocast, AdamW, synthetic images on the GPU.
@@ -56,6 +59,7 @@ class Run:
     args: tuple[str, ...]
     baseline: str | None = None  # the run this one switches one thing off from
     predicted: str = ""  # written before the measurement
+    revision: str | None = None  # run with this git revision's code in place of the checkout's
 
 
 @dataclass
@@ -163,6 +167,24 @@ CPU_SWITCHES: list[tuple[str, str, str, tuple[str, ...], str]] = [
     ("latent_mim", "bf16", "adamw-loop", ("--adamw", "loop"),
      "2-5 % fewer: the same fixed cost against a step four times longer at batch 128."),
 ]
+# The CPU reference comparison: the reference implementations were timed beside mimkit at revision
+# BASELINE_REVISION, each in the configuration below (batch 128, the micro encoder, decoders 128 wide with 4
+# heads). The reference code is not part of this project, so mimkit is measured against that revision in
+# alternation on the machine at hand, and the reference figures are carried over through the revision's ratio.
+BASELINE_REVISION = "397e962"
+_MICRO_ENCODER = ("--model", "vit_tiny_patch16_224", "model.img_size=32", "model.patch_size=4", "model.embed_dim=192",
+                  "model.depth=6", "model.num_heads=3")
+_DEC = "objectives.{}.decoder.dim=128 objectives.{}.decoder.num_heads=4 objectives.{}.decoder.depth={}"
+# name -> (preset, precision, keys, reference images/s, the revision's images/s beside it on the reference machine)
+BASELINE_CASES: dict[str, tuple[str, str, tuple[str, ...], float, float]] = {
+    "latent_mim/bf16": ("latent_mim", "bf16", (*_DEC.format(*["latent"] * 3, 3).split(), "objectives.latent.projector.hidden_dim=1024",
+                                              "masking.gap=1"), 380, 261),
+    "mae/bf16": ("mae", "bf16", tuple(_DEC.format(*["pixel"] * 3, 4).split()), 313, 311),
+    "pilamim/bf16": ("pilamim", "bf16", (*_DEC.format(*["pixel"] * 3, 3).split(), *_DEC.format(*["latent"] * 3, 3).split()), 203, 202),
+    "latent_mim/fp32": ("latent_mim", "fp32", (*_DEC.format(*["latent"] * 3, 3).split(), "objectives.latent.projector.hidden_dim=1024",
+                                              "masking.gap=1"), 155, 157),
+}
+BASELINE_ROUNDS = 2  # each side timed twice, alternating; the best of each side is compared
 CPU_DATA_PREDICTION = ("Within 5 % of synthetic images: decoding and cropping a 32-px PNG costs ~0.1 ms, ~15 ms per "
                        "batch of 128 against a step of a second or more, though the workers share the 2 cores.")
 MASKING_PREDICTION = (
@@ -201,6 +223,7 @@ def build_plan(data: str | None, workers: int, cpu_data: str | None = None) -> P
         for batch in (b for b in batches if b != 256):
             plan.add(Run(f"{preset}/b{batch}", "table", "bench.py", ("--preset", preset, "--batch", str(batch), *BEST)))
     add_cpu_runs(plan, cpu_data)
+    add_baseline_runs(plan)
     return plan
 
 
@@ -227,7 +250,32 @@ def add_cpu_runs(plan: Plan, cpu_data: str | None) -> None:
                          CPU_EAGER, CPU_DATA_PREDICTION))
 
 
+def add_baseline_runs(plan: Plan) -> None:
+    """Round by round, each case with the revision's code and then with the checkout's."""
+    for rnd in range(1, BASELINE_ROUNDS + 1):
+        for name, (preset, precision, keys, _, _) in BASELINE_CASES.items():
+            common = ("--batch", "128", *CPU_BENCH, "--precision", precision, *_MICRO_ENCODER, *keys)
+            plan.add(Run(f"cpu-baseline/{name}/{BASELINE_REVISION}/{rnd}", "cpu-baseline", "bench.py",
+                         ("--preset", f"configs/{preset}.yaml", *common), revision=BASELINE_REVISION),
+                     Run(f"cpu-baseline/{name}/current/{rnd}", "cpu-baseline", "bench.py", ("--preset", preset, *common)))
+
+
 # --------------------------------------------------------------------------- running
+
+
+def checkout(revision: str, where: Path | None = None) -> Path:
+    """The revision's files in ``where`` (default .perf-baseline/REV; extracted once), importable
+    from there: its objectives/ and configs/ are also linked into its mimkit/ for revisions that
+    install them as mimkit.objectives and mimkit.configs."""
+    where = where or ROOT / ".perf-baseline" / revision
+    if not (where / "mimkit").is_dir():
+        where.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision], capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True)
+        for sub in ("objectives", "configs"):
+            if (where / sub).is_dir() and not (where / "mimkit" / sub).exists():
+                (where / "mimkit" / sub).symlink_to(where / sub)
+    return where
 
 
 def current(results: dict[str, dict[str, Any]], plan: Plan) -> dict[str, dict[str, Any]]:
@@ -250,10 +298,14 @@ def read_results(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def execute(run: Run, timeout_s: float) -> dict[str, Any]:
-    cmd = [sys.executable, str(ROOT / "scripts" / run.script), *run.args]
+    where, env = ROOT, None
+    if run.revision:  # its own code first on the path, ahead of the installed mimkit
+        where = checkout(run.revision)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(where), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    cmd = [sys.executable, str(where / "scripts" / run.script), *run.args]
     start = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
+        proc = subprocess.run(cmd, cwd=where, env=env, capture_output=True, text=True, timeout=timeout_s)
         rc, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
     except subprocess.TimeoutExpired as e:
         rc, stdout, stderr = 124, (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or ""), "timed out"
@@ -289,8 +341,8 @@ def run_plan(args: argparse.Namespace) -> int:
         print(f"error: --groups: unknown {sorted(unknown)}; choose from {', '.join(GROUPS)}", file=sys.stderr)
         return 2
     todo = [r for r in plan.runs if r.group in groups and r.name not in done and (not args.only or r.name in args.only)]
-    if "cpu" in groups and not cpu_has_native_bf16():  # emulated bf16 runs for many minutes and says nothing
-        skipped = [r.name for r in todo if r.group == "cpu" and "bf16" in r.args]
+    if groups & {"cpu", "cpu-baseline"} and not cpu_has_native_bf16():  # emulated bf16 runs for many minutes and says nothing
+        skipped = [r.name for r in todo if r.group in ("cpu", "cpu-baseline") and "bf16" in r.args]
         todo = [r for r in todo if r.name not in skipped]
         if skipped:
             print(f"note: this CPU has no native bf16; skipped {', '.join(skipped)}", file=sys.stderr)
@@ -441,6 +493,7 @@ def render(results: dict[str, dict[str, Any]], plan: Plan) -> str:
         synth_ips = f"{synth['images_per_s']:.0f}" if synth else ""
         lines.append(f"| {run.name} | {rec['images_per_s']:.0f} | {synth_ips} | {rec['num_workers']} | {run.predicted} | `{_shown(results, run)}` |")
     lines += render_cpu(results, plan)
+    lines += render_baseline(results, plan)
     return "\n".join(lines) + "\n"
 
 
@@ -499,6 +552,38 @@ def render_cpu(results: dict[str, dict[str, Any]], plan: Plan) -> list[str]:
     return lines
 
 
+def render_baseline(results: dict[str, dict[str, Any]], plan: Plan) -> list[str]:
+    runs = [r for r in plan.runs if r.group == "cpu-baseline"]
+    first = next((r for run in runs if (r := _rec(results, run.name))), None)
+    rev = BASELINE_REVISION
+    lines = ["", f"## CPU: against the reference implementations, through revision {rev}", "",
+             f"The reference implementations were timed beside mimkit at revision `{rev}` on a {CPU_REFERENCE_MACHINE}, "
+             "in the configuration of each row's command (batch 128, the micro encoder, decoders 128 wide with 4 heads; "
+             "the latent decoder 3 deep with a 3x1024 projector and gap 1, the MAE decoder 4 deep, the PiLaMIM decoders "
+             f"3 deep). Their code is not part of this project, so this checkout and `{rev}` run here in alternation, "
+             f"{BASELINE_ROUNDS} times each, the best of each side kept; the estimate against the reference multiplies "
+             f"the ratio measured here by the reference's own ratio to `{rev}` there. It assumes the two implementations "
+             "keep their relative speed from one machine to the other; where the revision's own two figures differ much, the "
+             "machines (or torch builds) differ much, and the estimate is only as good as that assumption.", ""]
+    if first:
+        lines += [f"- Device: {first['device_name']}, {first['cpu_threads']} threads; torch {first['torch']}.", ""]
+    lines += [f"| case | `{rev}` images/s | this checkout images/s | ratio here | reference images/s | `{rev}` images/s beside it "
+              "| estimated ratio to the reference | command (this checkout) |", "|---|---|---|---|---|---|---|---|"]
+    for name, (_, _, _, ref, ref_base) in BASELINE_CASES.items():
+        def best(side: str) -> float | None:
+            got = [r["images_per_s"] for n in (f"cpu-baseline/{name}/{side}/{i}" for i in range(1, BASELINE_ROUNDS + 1))
+                   if (r := _rec(results, n))]
+            return max(got) if len(got) == BASELINE_ROUNDS else None
+        old, new = best(rev), best("current")
+        shown = _shown(results, plan.by_name()[f"cpu-baseline/{name}/current/1"])
+        if old is None or new is None:
+            lines.append(f"| {name} | {old or 'not run'} | {new or 'not run'} | | {ref} | {ref_base} | | `{shown}` |")
+            continue
+        here = new / old
+        lines.append(f"| {name} | {old:.1f} | {new:.1f} | {here:.2f}x | {ref} | {ref_base} | {here * ref_base / ref:.2f}x | `{shown}` |")
+    return lines
+
+
 def _arg(run: Run, flag: str) -> str:
     return run.args[run.args.index(flag) + 1] if flag in run.args else ""
 
@@ -541,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = build_plan(args.data, args.workers, args.cpu_data)
     if args.cmd == "list":
         for r in plan.runs:
-            print(f"{r.group:9s} {r.name:48s} {_cmd(r)}")
+            print(f"{r.group:12s} {r.name:48s} {_cmd(r)}" + (f"  (at {r.revision})" if r.revision else ""))
         return 0
     results = read_results(Path(args.results))
     if not results:

@@ -102,3 +102,43 @@ def test_a_run_whose_command_changed_is_measured_again(suite: ModuleType) -> Non
     assert suite.current({run.name: old}, plan) == {}
     now = {**old, "command": suite._cmd(run)}
     assert suite.current({run.name: now, "gone/run": {**now, "name": "gone/run"}}, plan) == {run.name: now}
+
+
+def test_baseline_runs_alternate_and_differ_from_the_checkout_in_their_code_alone(suite: ModuleType) -> None:
+    runs = [r for r in suite.build_plan(None, 8).runs if r.group == "cpu-baseline"]
+    assert len(runs) == 2 * len(suite.BASELINE_CASES) * suite.BASELINE_ROUNDS
+    for old, new in zip(runs[::2], runs[1::2]):  # revision first, then this checkout, case by case
+        assert old.revision == suite.BASELINE_REVISION and new.revision is None
+        assert old.name.replace(f"/{suite.BASELINE_REVISION}/", "/current/") == new.name
+        preset = new.args[1]
+        assert old.args == ("--preset", f"configs/{preset}.yaml", *new.args[2:])
+        assert "--batch" in new.args and new.args[new.args.index("--batch") + 1] == "128"
+
+
+def test_baseline_report_compares_the_best_of_each_side_and_carries_the_reference_over(suite: ModuleType) -> None:
+    plan = suite.build_plan(None, 8)
+    rev = suite.BASELINE_REVISION
+    rec = {"images_per_s": 0.0, "device_name": "cpu", "cpu_threads": 2, "torch": "x"}
+
+    def entry(ips: float) -> dict:
+        return {"rc": 0, "records": [{**rec, "images_per_s": ips}], "command": "c"}
+
+    results = {f"cpu-baseline/latent_mim/bf16/{rev}/1": entry(90.0), f"cpu-baseline/latent_mim/bf16/{rev}/2": entry(100.0),
+               "cpu-baseline/latent_mim/bf16/current/1": entry(180.0), "cpu-baseline/latent_mim/bf16/current/2": entry(150.0),
+               f"cpu-baseline/mae/bf16/{rev}/1": entry(50.0)}  # one side half measured: no ratio
+    text = "\n".join(suite.render_baseline(results, plan))
+    ref, ref_base = suite.BASELINE_CASES["latent_mim/bf16"][3:]
+    assert f"| latent_mim/bf16 | 100.0 | 180.0 | 1.80x | {ref} | {ref_base} | {1.8 * ref_base / ref:.2f}x |" in text
+    assert "| mae/bf16 | not run | not run |" in text
+
+
+def test_baseline_checkout_imports_the_revision_own_code(suite: ModuleType, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    where = suite.checkout("HEAD", tmp_path / "rev")
+    assert (where / "mimkit" / "objectives").is_symlink()
+    code = "import mimkit, mimkit.objectives; print(mimkit.__file__); print(mimkit.objectives.__file__)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(where), "PATH": ""},
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert all(Path(f).resolve().is_relative_to(where.resolve()) for f in out), out
