@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -176,15 +177,19 @@ CPU_SWITCHES: list[tuple[str, str, str, tuple[str, ...], str]] = [
 BASELINE_REVISION = "397e962"
 _MICRO_ENCODER = ("--model", "vit_tiny_patch16_224", "model.img_size=32", "model.patch_size=4", "model.embed_dim=192",
                   "model.depth=6", "model.num_heads=3")
-_DEC = "objectives.{}.decoder.dim=128 objectives.{}.decoder.num_heads=4 objectives.{}.decoder.depth={}"
+
+
+def _decoder(head: str, depth: int) -> tuple[str, ...]:
+    return (f"objectives.{head}.decoder.dim=128", f"objectives.{head}.decoder.num_heads=4", f"objectives.{head}.decoder.depth={depth}")
+
+
+_LATENT = (*_decoder("latent", 3), "objectives.latent.projector.hidden_dim=1024", "masking.gap=1")
 # name -> (preset, precision, keys, reference images/s, the revision's images/s beside it on the reference machine)
 BASELINE_CASES: dict[str, tuple[str, str, tuple[str, ...], float, float]] = {
-    "latent_mim/bf16": ("latent_mim", "bf16", (*_DEC.format(*["latent"] * 3, 3).split(), "objectives.latent.projector.hidden_dim=1024",
-                                              "masking.gap=1"), 380, 261),
-    "mae/bf16": ("mae", "bf16", tuple(_DEC.format(*["pixel"] * 3, 4).split()), 313, 311),
-    "pilamim/bf16": ("pilamim", "bf16", (*_DEC.format(*["pixel"] * 3, 3).split(), *_DEC.format(*["latent"] * 3, 3).split()), 203, 202),
-    "latent_mim/fp32": ("latent_mim", "fp32", (*_DEC.format(*["latent"] * 3, 3).split(), "objectives.latent.projector.hidden_dim=1024",
-                                              "masking.gap=1"), 155, 157),
+    "latent_mim/bf16": ("latent_mim", "bf16", _LATENT, 380, 261),
+    "mae/bf16": ("mae", "bf16", _decoder("pixel", 4), 313, 311),
+    "pilamim/bf16": ("pilamim", "bf16", (*_decoder("pixel", 3), *_decoder("latent", 3)), 203, 202),
+    "latent_mim/fp32": ("latent_mim", "fp32", _LATENT, 155, 157),
 }
 BASELINE_ROUNDS = 2  # each side timed twice, alternating; the best of each side is compared
 CPU_DATA_PREDICTION = ("Within 5 % of synthetic images: decoding and cropping a 32-px PNG costs ~0.1 ms, ~15 ms per "
@@ -274,13 +279,16 @@ def checkout(revision: str, where: Path | None = None) -> Path:
     from there: its objectives/ and configs/ are also linked into its mimkit/ for revisions that
     install them as mimkit.objectives and mimkit.configs."""
     where = where or ROOT / ".perf-baseline" / revision
-    if not (where / "mimkit").is_dir():
-        where.mkdir(parents=True, exist_ok=True)
+    if not where.is_dir():  # extracted beside it and renamed: an interrupted extraction is never taken for whole
+        part = where.with_name(where.name + ".part")
+        shutil.rmtree(part, ignore_errors=True)
+        part.mkdir(parents=True)
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision], capture_output=True, check=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True)
+        subprocess.run(["tar", "-x", "-C", str(part)], input=archive, check=True)
         for sub in ("objectives", "configs"):
-            if (where / sub).is_dir() and not (where / "mimkit" / sub).exists():
-                (where / "mimkit" / sub).symlink_to(where / sub)
+            if (part / sub).is_dir() and not (part / "mimkit" / sub).exists():
+                (part / "mimkit" / sub).symlink_to(Path("..") / sub)
+        part.rename(where)
     return where
 
 
