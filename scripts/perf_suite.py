@@ -40,6 +40,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 GROUPS = ("table", "ablation", "masking", "data", "cpu", "cpu-baseline")
 GPU_GROUPS = ("table", "ablation", "masking", "data")  # what `run` measures unless --groups says otherwise
+CPU_GROUPS = ("cpu", "cpu-baseline")
 
 # The authors' implementations, timed on one H100: fp16 autocast, AdamW, synthetic images on the GPU.
 REFERENCE: dict[str, dict[int, float]] = {
@@ -355,8 +356,8 @@ def run_plan(args: argparse.Namespace) -> int:
         print(f"error: --groups: unknown {sorted(unknown)}; choose from {', '.join(GROUPS)}", file=sys.stderr)
         return 2
     todo = [r for r in plan.runs if r.group in groups and r.name not in done and (not args.only or r.name in args.only)]
-    if groups & {"cpu", "cpu-baseline"} and not cpu_has_native_bf16():  # emulated bf16 runs for many minutes and says nothing
-        skipped = [r.name for r in todo if r.group in ("cpu", "cpu-baseline") and "bf16" in r.args]
+    if groups & set(CPU_GROUPS) and not cpu_has_native_bf16():  # emulated bf16 runs for many minutes and says nothing
+        skipped = [r.name for r in todo if r.group in CPU_GROUPS and "bf16" in r.args]
         todo = [r for r in todo if r.name not in skipped]
         if skipped:
             print(f"note: this CPU has no native bf16; skipped {', '.join(skipped)}", file=sys.stderr)
@@ -569,8 +570,8 @@ def render_cpu(results: dict[str, dict[str, Any]], plan: Plan) -> list[str]:
 
 
 def render_baseline(results: dict[str, dict[str, Any]], plan: Plan) -> list[str]:
-    runs = [r for r in plan.runs if r.group == "cpu-baseline"]
-    first = next((r for run in runs if (r := _rec(results, run.name))), None)
+    # the machine's description from this checkout's own records (an older bench may not write every field)
+    first = next((r for run in plan.runs if run.group == "cpu-baseline" and not run.revision and (r := _rec(results, run.name))), None)
     rev = BASELINE_REVISION
     lines = ["", f"## CPU: against the reference implementations, through revision {rev}", "",
              f"The reference implementations were timed beside mimkit at revision `{rev}` on a {CPU_REFERENCE_MACHINE}, "
@@ -586,11 +587,7 @@ def render_baseline(results: dict[str, dict[str, Any]], plan: Plan) -> list[str]
     lines += [f"| case | `{rev}` images/s | this checkout images/s | ratio here | reference images/s | `{rev}` images/s beside it "
               "| estimated ratio to the reference | command (this checkout) |", "|---|---|---|---|---|---|---|---|"]
     for name, (_, _, _, ref, ref_base) in BASELINE_CASES.items():
-        def best(side: str) -> float | None:
-            got = [r["images_per_s"] for n in (f"cpu-baseline/{name}/{side}/{i}" for i in range(1, BASELINE_ROUNDS + 1))
-                   if (r := _rec(results, n))]
-            return max(got) if len(got) == BASELINE_ROUNDS else None
-        old, new = best(rev), best("current")
+        old, new = _best_of_rounds(results, name, rev), _best_of_rounds(results, name, "current")
         shown = _shown(results, plan.by_name()[f"cpu-baseline/{name}/current/1"])
         if old is None or new is None:
             lines.append(f"| {name} | {old or 'not run'} | {new or 'not run'} | | {ref} | {ref_base} | | `{shown}` |")
@@ -598,6 +595,12 @@ def render_baseline(results: dict[str, dict[str, Any]], plan: Plan) -> list[str]
         here = new / old
         lines.append(f"| {name} | {old:.1f} | {new:.1f} | {here:.2f}x | {ref} | {ref_base} | {here * ref_base / ref:.2f}x | `{shown}` |")
     return lines
+
+
+def _best_of_rounds(results: dict[str, dict[str, Any]], case: str, side: str) -> float | None:
+    """The best images/s of one side of a baseline case, once every round of it is measured."""
+    got = [r["images_per_s"] for i in range(1, BASELINE_ROUNDS + 1) if (r := _rec(results, f"cpu-baseline/{case}/{side}/{i}"))]
+    return max(got) if len(got) == BASELINE_ROUNDS else None
 
 
 def _arg(run: Run, flag: str) -> str:
