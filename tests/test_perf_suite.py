@@ -130,6 +130,8 @@ def test_baseline_report_compares_the_best_of_each_side_and_carries_the_referenc
     ref, ref_base = suite.BASELINE_CASES["latent_mim/bf16"][3:]
     assert f"| latent_mim/bf16 | 100.0 | 180.0 | 1.80x | {ref} | {ref_base} | {1.8 * ref_base / ref:.2f}x |" in text
     assert "| mae/bf16 | not run | not run |" in text
+    whole = suite.render(results, plan)  # CPU records alone name no device for the GPU sections
+    assert "The GPU sections are to be measured" in whole
 
 
 def test_baseline_checkout_imports_the_revision_own_code(suite: ModuleType, tmp_path: Path) -> None:
