@@ -692,7 +692,9 @@ def test_baseline_claims_raw_pixels_and_fine_tuning_from_scratch():
     assert partial.verdict == "not reproduced" and partial.detail.startswith("mae 29.0 vs pixels 34.9")
     assert verdict({"mae": {"nn": 36.0}, "pixels": {"nn": 34.9}}, "every non-naive").verdict.startswith("pending")
     early = verdict({"mae": {"finetune": 46.6}, "init": {"finetune": 50.0}}, "pretraining")  # one row below decides it
-    assert early.verdict == "not reproduced" and early.detail == "mae 46.6 vs from scratch 50.0; the other rows are pending"
+    assert early.verdict == "not reproduced" and early.detail == "mae 46.6 vs from scratch 50.0; pending: latent_mim, pilamim, capi"
+    mixed = verdict({"mae": {"finetune": 46.6}, "pilamim": {"finetune": 38.3}, "init": {"finetune": 38.5}}, "pretraining")
+    assert mixed.detail == "pilamim 38.3 vs from scratch 38.5 (above it: mae 46.6); pending: latent_mim, capi"
 
 
 @pytest.mark.parametrize("native, label", [(True, "Xeon (CPU, bf16 autocast)"), (False, "Xeon (CPU, fp32)")])

@@ -54,7 +54,11 @@ def _all_above(title: str, rule: str, metrics: Mapping[str, Mapping[str, Any] | 
     claim = _claim(title, rule, metrics, [(floor, key), *((p, key) for p in NON_NAIVE)], above)
     below = [p for p, v in known.items() if v is not None and floor_v is not None and v <= floor_v]
     if below and claim.verdict.startswith("pending"):
-        detail = ", ".join(f"{p} {known[p]:.1f}" for p in below) + f" vs {floor_name} {floor_v:.1f}; the other rows are pending"
+        beat = [p for p, v in known.items() if v is not None and p not in below]
+        pending = [p for p, v in known.items() if v is None]
+        detail = ", ".join(f"{p} {known[p]:.1f}" for p in below) + f" vs {floor_name} {floor_v:.1f}"
+        detail += f" (above it: {', '.join(f'{p} {known[p]:.1f}' for p in beat)})" if beat else ""
+        detail += f"; pending: {', '.join(pending)}"
         claim = Claim(title, rule, "not reproduced", detail)
     return claim
 
