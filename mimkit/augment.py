@@ -27,18 +27,19 @@ RATIO = (3.0 / 4.0, 4.0 / 3.0)
 
 
 class DecodeForDevice:
-    """CPU half: PIL RGB image -> (uint8 (3, D, D) image, (5,) [top, left, height, width, flip])."""
+    """CPU half: PIL RGB image or uint8 (3, H, W) tensor -> (uint8 (3, D, D) image, (5,) [top, left, height, width, flip])."""
 
     def __init__(self, decode_size: int, scale: tuple[float, float], hflip: bool) -> None:
         self.decode_size = decode_size
         self.scale = list(scale)
         self.hflip = hflip
 
-    def __call__(self, img: Image.Image) -> tuple[Tensor, Tensor]:
+    def __call__(self, img: Image.Image | Tensor) -> tuple[Tensor, Tensor]:
         D = self.decode_size
-        if img.size != (D, D):
-            img = img.resize((D, D), Image.BICUBIC)
-        x = pil_to_tensor(img)  # (3, D, D) uint8
+        if isinstance(img, Tensor):  # already decoded (data.cache): uint8 (3, H, W)
+            x = img if img.shape[-2:] == (D, D) else TF.resize(img, [D, D], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+        else:
+            x = pil_to_tensor(img if img.size == (D, D) else img.resize((D, D), Image.BICUBIC))  # (3, D, D) uint8
         top, left, h, w = RandomResizedCrop.get_params(x, self.scale, list(RATIO))
         flip = float(self.hflip and torch.rand(()).item() < 0.5)
         return x, torch.tensor([top, left, h, w, flip], dtype=torch.float32)

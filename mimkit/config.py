@@ -87,6 +87,12 @@ class DataConfig:
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     num_workers: int = 4
+    # Keep the decoded images in memory as uint8 tensors, so that each epoch only crops them:
+    # "auto" when a split's decoded images take at most 1 GiB (estimated from a sample), true
+    # whatever their size, false to decode every image on every read. For the training split
+    # and the images scored during training; decoding and converting a 32-px PNG costs more
+    # than cropping it.
+    cache: Literal["auto"] | bool = "auto"
     # Evaluation transform: resize the short side to side / eval_crop, then centre-crop the side
     # (1.0: resize straight to the side; 0.875: the usual ImageNet-style centre crop)
     eval_crop: float = 1.0
@@ -446,6 +452,11 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 

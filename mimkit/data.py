@@ -22,6 +22,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import v2 as T
+from torchvision.transforms.functional import pil_to_tensor
 
 from .config import ConfigError, DataConfig
 
@@ -153,6 +154,41 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return ((seed * 1_000_003 + epoch) * 10_000_019 + index) % (2**63 - 1)
 
 
+CACHE_BYTES = 1 << 30  # data.cache=auto keeps a split's decoded images when they fit in this
+
+
+def decode_all(hf: datasets.Dataset, image_column: str, chunk: int = 1000) -> Tensor | list[Tensor | None]:
+    """Every image of ``hf`` decoded to uint8 (3, H, W): one (N, 3, H, W) tensor when all
+    decode to the same size, else a list with None for the undecodable ones."""
+    images: list[Tensor | None] = []
+    for start in range(0, len(hf), chunk):
+        for value in hf[start : start + chunk][image_column]:
+            img = decode_rgb(value)
+            images.append(None if img is None else pil_to_tensor(img))
+    shapes = {None if x is None else x.shape for x in images}
+    if len(shapes) == 1 and None not in shapes:
+        return torch.stack(images)  # type: ignore[arg-type]
+    return images
+
+
+def decoded_bytes(hf: datasets.Dataset, image_column: str, samples: int = 16) -> int:
+    """An estimate of the split's decoded size: the mean of ``samples`` evenly spread images,
+    times the number of rows."""
+    n = min(samples, len(hf))
+    if n == 0:
+        return 0
+    rows = hf.select(sorted({i * len(hf) // n for i in range(n)}))[image_column]
+    sizes = [3 * img.size[0] * img.size[1] for img in map(decode_rgb, rows) if img is not None]
+    return sum(sizes) * len(hf) // max(len(sizes), 1)
+
+
+def wants_cache(cfg: DataConfig, hf: datasets.Dataset, image_column: str) -> bool:
+    """``data.cache`` for one split: "auto" caches when the decoded images fit ``CACHE_BYTES``."""
+    if cfg.cache == "auto":
+        return decoded_bytes(hf.cast_column(image_column, datasets.Image(decode=False)), image_column) <= CACHE_BYTES
+    return bool(cfg.cache)
+
+
 class ImageDataset(Dataset):
     """(image tensor, label, passed-over count) triples.
 
@@ -163,6 +199,10 @@ class ImageDataset(Dataset):
     With ``seed`` set, each sample's random augmentation is drawn from a generator seeded by
     (seed, epoch, index): the same image gets the same crop whatever the number of workers
     or processes, and after a resume. Call ``set_epoch`` before iterating an epoch.
+
+    With ``cache`` every image is decoded once, here, and kept as a uint8 (3, H, W) tensor
+    (``decode_all``); the transform then receives that tensor instead of a PIL image, so it
+    must accept both (torchvision's v2 transforms do).
     """
 
     max_substitutions = 64
@@ -175,6 +215,7 @@ class ImageDataset(Dataset):
         transform: Callable[[Image.Image], Any],
         seed: int | None = None,
         on_error: Literal["substitute", "skip"] = "skip",
+        cache: bool = False,
     ):
         self.hf = hf.cast_column(image_column, datasets.Image(decode=False))
         self.image_column = image_column
@@ -183,6 +224,8 @@ class ImageDataset(Dataset):
         self.seed = seed
         self.on_error = on_error
         self.epoch = 0
+        self.decoded = decode_all(self.hf, image_column) if cache else None
+        self.labels = [int(y) for y in self.hf[label_column]] if cache and label_column is not None else None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -190,7 +233,12 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.hf)
 
-    def _load(self, i: int) -> tuple[Image.Image, int] | None:
+    def _load(self, i: int) -> tuple[Image.Image | Tensor, int] | None:
+        if self.decoded is not None:
+            img = self.decoded[i]
+            if img is None:
+                return None
+            return img, self.labels[i] if self.labels is not None else -1
         row = self.hf[i]
         img = decode_rgb(row[self.image_column])
         if img is None:
@@ -258,9 +306,14 @@ class Splits:
     label_column: str | None
 
     def dataset(
-        self, split: str, transform: Callable[[Image.Image], Any], seed: int | None = None, on_error: Literal["substitute", "skip"] = "skip"
+        self,
+        split: str,
+        transform: Callable[[Image.Image], Any],
+        seed: int | None = None,
+        on_error: Literal["substitute", "skip"] = "skip",
+        cache: bool = False,
     ) -> ImageDataset:
-        return ImageDataset(self.data[split], self.image_column, self.label_column, transform, seed=seed, on_error=on_error)
+        return ImageDataset(self.data[split], self.image_column, self.label_column, transform, seed=seed, on_error=on_error, cache=cache)
 
 
 def load_splits(cfg: DataConfig) -> Splits:

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 # keys that may differ between two sessions of one run without changing the experiment
 OPERATIONAL_KEYS = frozenset({
-    "preset", "data.source", "data.num_workers", "train.output_dir", "train.trackers", "train.log_every",
+    "preset", "data.source", "data.num_workers", "data.cache", "train.output_dir", "train.trackers", "train.log_every",
     "train.save_every", "train.keep_last", "train.compile", "train.attention",
 })
 LENGTH_KEYS = ("train.epochs", "train.max_steps")  # changeable on resume with --extend

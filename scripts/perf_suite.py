@@ -195,6 +195,18 @@ BASELINE_CASES: dict[str, tuple[str, str, tuple[str, ...], float, float]] = {
 BASELINE_ROUNDS = 2  # each side timed twice, alternating; the best of each side is compared
 CPU_DATA_PREDICTION = ("Within 5 % of synthetic images: decoding and cropping a 32-px PNG costs ~0.1 ms, ~15 ms per "
                        "batch of 128 against a step of a second or more, though the workers share the 2 cores.")
+# (label, bench switches, prediction written first): the default run's step fed by its own data pipeline
+# (the embedded slice), against the same step on synthetic images. The predictions come from three interleaved
+# rounds of 60 steps on a 2-core Xeon with avx512_bf16, a busy one (synthetic 128, 133, 159 images/s).
+CPU_DEFAULT_DATA: list[tuple[str, tuple[str, ...], str]] = [
+    ("data", ("--data", "embedded"),
+     "5-12 % fewer images/s than synthetic images (122, 136, 144): the slice is decoded once (data.cache=auto), so "
+     "a sample costs a crop and a flip, about 0.25 ms, about 8 ms per batch of 32 in the main process "
+     "(data.num_workers=0) against a step of about 200 ms."),
+    ("data-decode-every-read", ("--data", "embedded", "data.cache=false", "data.num_workers=2"),
+     "15-25 % fewer images/s than synthetic (76, 110, 128): decoding each PNG, reading its row and converting it "
+     "cost about 0.8 ms per image, in two workers that take turns on the two cores the step uses."),
+]
 MASKING_PREDICTION = (
     "device: under 1 ms; host_masks: 1-3 ms plus a blocking copy; loops: hundreds of ms (50k slices per batch), "
     "as long as several training steps."
@@ -257,6 +269,11 @@ def add_cpu_runs(plan: Plan, cpu_data: str | None) -> None:
         for preset, prec, label, switches, predicted in (c for c in CPU_SWITCHES if c[1] == precision):
             baseline = f"cpu/{preset}/{prec}"
             plan.add(Run(f"{baseline}/{label}", "cpu", "bench.py", cpu_bench(preset, prec, "none", *switches), baseline, predicted))
+        if precision == "bf16":
+            baseline = f"cpu/{CPU_DEFAULT[0]}/{precision}"
+            for label, switches, predicted in CPU_DEFAULT_DATA:
+                plan.add(Run(f"{baseline}/{label}", "cpu", "bench.py", cpu_bench(CPU_DEFAULT[0], precision, "none", *switches),
+                             baseline, predicted))
         if cpu_data and precision == "fp32":
             plan.add(Run(f"{CPU_EAGER}/data", "cpu", "bench.py", cpu_bench("latent_mim", precision, "none", "--data", cpu_data),
                          CPU_EAGER, CPU_DATA_PREDICTION))

@@ -83,21 +83,30 @@ def test_training_with_device_augmentation_resumes_exactly(tmp_path):
         assert part[step] == pytest.approx(full[step], rel=1e-5)
 
 
-def test_cpu_augmentation_gives_the_per_image_pipeline_values_and_leaves_the_global_rng_alone():
+def _png_table(n: int, sizes=((20, 24),), corrupt=()):
+    """A datasets table of ``n`` random PNGs (cycling through ``sizes``); rows in ``corrupt`` hold junk bytes."""
     import datasets
+    import io
+
+    g = torch.Generator().manual_seed(1)
+    pngs = []
+    for i in range(n):
+        buf = io.BytesIO()
+        h, w = sizes[i % len(sizes)]
+        Image.fromarray(torch.randint(0, 256, (h, w, 3), generator=g, dtype=torch.uint8).numpy()).save(buf, "PNG")
+        pngs.append({"bytes": b"not a png" if i in corrupt else buf.getvalue(), "path": None})
+    hf = datasets.Dataset.from_dict({"image": pngs, "label": list(range(n))}, features=datasets.Features(
+        {"image": datasets.Image(), "label": datasets.Value("int64")}))
+    return hf, pngs
+
+
+def test_cpu_augmentation_gives_the_per_image_pipeline_values_and_leaves_the_global_rng_alone():
     import io
 
     from mimkit.data import ImageDataset, sample_seed
     from torchvision.transforms import v2 as T
 
-    g = torch.Generator().manual_seed(1)
-    pngs = []
-    for _ in range(6):
-        buf = io.BytesIO()
-        Image.fromarray(torch.randint(0, 256, (20, 24, 3), generator=g, dtype=torch.uint8).numpy()).save(buf, "PNG")
-        pngs.append({"bytes": buf.getvalue(), "path": None})
-    hf = datasets.Dataset.from_dict({"image": pngs, "label": list(range(6))}, features=datasets.Features(
-        {"image": datasets.Image(), "label": datasets.Value("int64")}))
+    hf, pngs = _png_table(6)
     cfg = DataConfig(mean=MEAN, std=STD)
     ds = ImageDataset(hf, "image", "label", train_transform(16, cfg), seed=7, on_error="substitute")
     ds.set_epoch(3)
@@ -119,3 +128,56 @@ def test_cpu_augmentation_gives_the_per_image_pipeline_values_and_leaves_the_glo
             want.append(full(Image.open(io.BytesIO(pngs[i]["bytes"])).convert("RGB")))
     assert torch.equal(got, torch.stack(want))
     assert not torch.equal(got[0], got[1])
+
+
+def test_decoded_cache_gives_the_same_samples_as_decoding_every_read():
+    import io
+
+    from torchvision.transforms.functional import pil_to_tensor
+
+    from mimkit.data import ImageDataset
+
+    hf, pngs = _png_table(6)
+    tf = train_transform(16, DataConfig())
+    fresh = ImageDataset(hf, "image", "label", tf, seed=7, on_error="substitute")
+    cached = ImageDataset(hf, "image", "label", tf, seed=7, on_error="substitute", cache=True)
+    assert cached.decoded.shape == (6, 3, 20, 24) and cached.decoded.dtype == torch.uint8  # one stacked tensor
+    assert torch.equal(cached.decoded[4], pil_to_tensor(Image.open(io.BytesIO(pngs[4]["bytes"]))))
+    for epoch in (0, 2):
+        fresh.set_epoch(epoch), cached.set_epoch(epoch)
+        a, b = collate([fresh[i] for i in range(6)]), collate([cached[i] for i in range(6)])
+        assert torch.equal(a["images"], b["images"]) and torch.equal(a["labels"], b["labels"])
+    # the device-augmentation half takes the cached tensors too, with the same result
+    dec = DecodeForDevice(20, (0.2, 1.0), hflip=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        from_pil = dec(Image.open(io.BytesIO(pngs[0]["bytes"])).resize((20, 20), Image.BICUBIC))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        from_tensor = dec(pil_to_tensor(Image.open(io.BytesIO(pngs[0]["bytes"])).resize((20, 20), Image.BICUBIC)))
+    assert all(torch.equal(x, y) for x, y in zip(from_pil, from_tensor))
+    assert dec(cached.decoded[0])[0].shape == (3, 20, 20)  # 20x24 resized to the decode size
+
+
+def test_decoded_cache_keeps_mixed_sizes_and_substitutes_undecodable_images():
+    from mimkit.data import ImageDataset
+
+    hf, _ = _png_table(5, sizes=((20, 24), (18, 18)), corrupt={1})
+    ds = ImageDataset(hf, "image", "label", lambda x: x, seed=0, on_error="substitute", cache=True)
+    assert isinstance(ds.decoded, list) and ds.decoded[1] is None and ds.decoded[2].shape == (3, 20, 24)
+    img, label, passed_over = ds[1]  # the next decodable row stands in, counted
+    assert label == 2 and passed_over == 1 and torch.equal(img, ds.decoded[2])
+
+
+def test_cache_auto_decides_by_the_estimated_decoded_size(monkeypatch):
+    import datasets
+
+    import mimkit.data as data
+
+    hf, _ = _png_table(8)  # 8 x 3 x 20 x 24 = 11,520 bytes decoded
+    assert data.decoded_bytes(hf.cast_column("image", datasets.Image(decode=False)), "image") == 11520
+    monkeypatch.setattr(data, "CACHE_BYTES", 11520)
+    assert data.wants_cache(DataConfig(cache="auto"), hf, "image")
+    monkeypatch.setattr(data, "CACHE_BYTES", 11519)
+    assert not data.wants_cache(DataConfig(cache="auto"), hf, "image")
+    assert data.wants_cache(DataConfig(cache=True), hf, "image") and not data.wants_cache(DataConfig(cache=False), hf, "image")

@@ -74,11 +74,13 @@ def test_cpu_section_rows_switches_and_operators_come_from_the_records(suite: Mo
     plan = suite.build_plan(None, 8, cpu_data="/data/cifar10")
     cpu = {r.name: r for r in plan.runs if r.group == "cpu"}
     assert cpu["cpu/latent_mim/fp32/data"].baseline == "cpu/latent_mim/fp32" and "--data" in cpu["cpu/latent_mim/fp32/data"].args
+    assert cpu["cpu/default/bf16/data-decode-every-read"].baseline == "cpu/default/bf16"  # the default's own pipeline
     for name, run in cpu.items():  # a switch differs from its baseline in that switch alone
         if run.baseline:
             base = cpu[run.baseline].args
             changed = {a for a in run.args if a not in base} | {a for a in base if a not in run.args}
-            assert changed <= {"model", "blocks", "none", "--data", "/data/cifar10", "--ops", "15", "--attn", "fused", "manual", "--host-alloc", "glibc", "--adamw", "loop"}, name
+            assert changed <= {"model", "blocks", "none", "--data", "/data/cifar10", "--ops", "15", "--attn", "fused", "manual", "--host-alloc", "glibc", "--adamw", "loop",
+                               "embedded", "data.cache=false", "data.num_workers=2"}, name
     entry = suite.execute(suite.Run("t", "cpu", "bench.py", (*TINY_BENCH, "--ops", "3")), timeout_s=300)
     rec = entry["records"][0]
     assert rec["cpu_native_bf16"] in (True, False) and len(rec["top_ops"]) == 3

@@ -14,7 +14,7 @@ from accelerate import Accelerator
 from timm.models.vision_transformer import VisionTransformer
 
 from ..config import DataConfig
-from ..data import ImageDataset, Splits, eval_transform
+from ..data import ImageDataset, Splits, eval_transform, wants_cache
 from .features import NN_POOLING, extract_features
 from .knn import knn_accuracy, nn_loo_accuracy
 from .runs import subset
@@ -54,9 +54,11 @@ def build_monitor(splits: Splits, cfg: DataConfig, image_size: int, knn_train: i
     if splits.eval is None or splits.label_column is None:
         return None
     tf = eval_transform(image_size, cfg)
+
+    def dataset(hf: datasets.Dataset) -> ImageDataset:  # scored again and again: decoded once when data.cache allows
+        return ImageDataset(hf, splits.image_column, splits.label_column, tf, cache=wants_cache(cfg, hf, splits.image_column))
+
     eval_hf = splits.data[splits.eval]
-    bank = None
-    if knn_train > 0:
-        bank = ImageDataset(subset(splits.data[splits.train], knn_train, seed=0), splits.image_column, splits.label_column, tf)
-    eval_set = ImageDataset(eval_hf, splits.image_column, splits.label_column, tf)
+    bank = dataset(subset(splits.data[splits.train], knn_train, seed=0)) if knn_train > 0 else None
+    eval_set = dataset(eval_hf)
     return EncoderMonitor(eval_set, bank, _num_classes(eval_hf, splits.label_column), batch_size)
