@@ -510,8 +510,11 @@ def test_micro_fine_tunes_the_trained_rows_and_the_init_row_from_scratch(tmp_pat
     assert main([*args, "--dry-run"], runner=never) == 0
     assert "# cifar10/mae/finetune-micro [waits: cifar10/mae/finetune-micro needs the weights of cifar10/mae, " in (
         capsys.readouterr().out)
+    scores.with_suffix(".bak").rename(scores)  # a finished fine-tuning needs its weights no more
+    assert main([*args, "--dry-run"], runner=never) == 0
+    assert "# cifar10/mae/finetune-micro [done]" in capsys.readouterr().out.splitlines()
+    assert main(args, runner=never) == 0 and "[cifar10/mae/finetune-micro] done, skipped" in capsys.readouterr().out
     weights.with_suffix(".bak").rename(weights)
-    scores.with_suffix(".bak").rename(scores)
     # a second invocation skips what is done; a fine-tuning config that changed makes its run stale
     saved = tmp_path / "runs" / "cifar10" / "mae" / "finetune-micro" / "finetune.yaml"
     saved.write_text(saved.read_text().replace("layer_decay: 0.75", "layer_decay: 0.5"))

@@ -183,9 +183,14 @@ def dry_run(selection: Sequence[RunSpec], s: Settings, show: Callable[[str], Non
             continue
         status = "stale" if state.stale else "done" if state.done else "eval" if state.trained else \
             "resume" if state.checkpoint else "new"
+        try:
+            steps = phases(run, s, state.trained, state.evaluated, state.checkpoint)
+        except Pending as e:
+            show(f"# {run.key} [waits: {e}]")
+            continue
         holder = None if state.done else lock_holder(s.run_dir(run))
         show(f"# {run.key} [{status}{f', running in {holder}' if holder else ''}]")
-        for _, argv in phases(run, s, state.trained, state.evaluated, state.checkpoint):
+        for _, argv in steps:
             show(display(argv, s.python))
 
 

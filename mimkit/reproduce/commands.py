@@ -139,17 +139,20 @@ def finetune_overrides(run: RunSpec, s: Settings) -> list[str]:
         raise Pending(f"{run.key} waits for {run.dataset}/{run.source} to finish")
     if run.source != "init" and s.scale.sweep is not None and f"{run.dataset}/{run.source}" not in s.picked:
         raise Pending(f"{run.key} waits for the lr sweep of {run.source} to settle")
-    if run.source != "init" and local_weights(source) is None:
-        raise Pending(f"{run.key} needs the weights of {run.dataset}/{run.source}, which are not in {rel(source)} (git keeps "
-                      "a run's small files only): to fine-tune it, move that directory aside and train it again")
     out = ["train.trackers=[none]", f"train.save_every={s.scale.save_every}",
            *(["model.from_scratch=true"] if run.source == "init" else [])]
     return out + ([f"data.num_workers={s.workers}"] if s.workers is not None else [])
 
 
 def finetune_command(run: RunSpec, s: Settings, resume: bool = False) -> list[str]:
+    """The command that fine-tunes ``run``. Raises Pending as ``finetune_overrides`` does, and when
+    the weights to fine-tune are not on this machine (a finished fine-tuning needs them no more)."""
     extra = finetune_overrides(run, s)
-    cmd = [*launcher("finetune", s), "--preset", run.preset, "--checkpoint", rel(s.source_dir(run)),
+    source = s.source_dir(run)
+    if run.source != "init" and local_weights(source) is None:
+        raise Pending(f"{run.key} needs the weights of {run.dataset}/{run.source}, which are not in {rel(source)} (git keeps "
+                      "a run's small files only): to fine-tune it, move that directory aside and train it again")
+    cmd = [*launcher("finetune", s), "--preset", run.preset, "--checkpoint", rel(source),
            "--data", s.sources[run.dataset], "--output", rel(s.run_dir(run))]
     return cmd + (["--resume"] if resume else []) + extra
 

@@ -145,6 +145,11 @@ def process_run(run: RunSpec, s: Settings, device: str, budget: Budget, runner: 
     if state.done:
         show(f"[{run.key}] done, skipped")
         return Outcome(run.key, "skipped")
+    try:
+        phases(run, s, state.trained, state.evaluated, state.checkpoint)  # built again below, under the lock
+    except Pending as e:  # a fine-tuning whose weights are not on this machine
+        show(f"[{run.key}] not started: {e}")
+        return Outcome(run.key, "deferred", str(e))
     refusal = budget.refusal(f"{run.dataset} {run.kind}")
     if refusal:
         show(f"[{run.key}] not started: {refusal}")
