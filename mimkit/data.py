@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -224,7 +225,13 @@ class ImageDataset(Dataset):
         self.seed = seed
         self.on_error = on_error
         self.epoch = 0
-        self.decoded = decode_all(self.hf, image_column) if cache else None
+        self.decoded = None
+        if cache:
+            start = time.perf_counter()
+            self.decoded = decode_all(self.hf, image_column)
+            nbytes = self.decoded.nbytes if isinstance(self.decoded, Tensor) else sum(x.nbytes for x in self.decoded if x is not None)
+            log.info("data: %s images decoded once into memory (%.0f MB, %.1f s; data.cache)", f"{len(self.hf):,}", nbytes / 1e6,
+                     time.perf_counter() - start)
         self.labels = [int(y) for y in self.hf[label_column]] if cache and label_column is not None else None
 
     def set_epoch(self, epoch: int) -> None:
