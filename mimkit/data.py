@@ -183,13 +183,6 @@ def decoded_bytes(hf: datasets.Dataset, image_column: str, samples: int = 16) ->
     return sum(sizes) * len(hf) // max(len(sizes), 1)
 
 
-def wants_cache(cfg: DataConfig, hf: datasets.Dataset, image_column: str) -> bool:
-    """``data.cache`` for one split: "auto" caches when the decoded images fit ``CACHE_BYTES``."""
-    if cfg.cache == "auto":
-        return decoded_bytes(hf.cast_column(image_column, datasets.Image(decode=False)), image_column) <= CACHE_BYTES
-    return bool(cfg.cache)
-
-
 class ImageDataset(Dataset):
     """(image tensor, label, passed-over count) triples.
 
@@ -201,9 +194,10 @@ class ImageDataset(Dataset):
     (seed, epoch, index): the same image gets the same crop whatever the number of workers
     or processes, and after a resume. Call ``set_epoch`` before iterating an epoch.
 
-    With ``cache`` every image is decoded once, here, and kept as a uint8 (3, H, W) tensor
-    (``decode_all``); the transform then receives that tensor instead of a PIL image, so it
-    must accept both (torchvision's v2 transforms do).
+    With ``cache`` (``data.cache``: true, or "auto" when the decoded images fit ``CACHE_BYTES``)
+    every image is decoded once, here, and kept as a uint8 (3, H, W) tensor (``decode_all``); the
+    transform then receives that tensor instead of a PIL image, so it must accept both
+    (torchvision's v2 transforms do).
     """
 
     max_substitutions = 64
@@ -216,7 +210,7 @@ class ImageDataset(Dataset):
         transform: Callable[[Image.Image], Any],
         seed: int | None = None,
         on_error: Literal["substitute", "skip"] = "skip",
-        cache: bool = False,
+        cache: Literal["auto"] | bool = False,
     ):
         self.hf = hf.cast_column(image_column, datasets.Image(decode=False))
         self.image_column = image_column
@@ -226,6 +220,8 @@ class ImageDataset(Dataset):
         self.on_error = on_error
         self.epoch = 0
         self.decoded = None
+        if cache == "auto":
+            cache = decoded_bytes(self.hf, image_column) <= CACHE_BYTES
         if cache:
             start = time.perf_counter()
             self.decoded = decode_all(self.hf, image_column)
@@ -318,7 +314,7 @@ class Splits:
         transform: Callable[[Image.Image], Any],
         seed: int | None = None,
         on_error: Literal["substitute", "skip"] = "skip",
-        cache: bool = False,
+        cache: Literal["auto"] | bool = False,
     ) -> ImageDataset:
         return ImageDataset(self.data[split], self.image_column, self.label_column, transform, seed=seed, on_error=on_error, cache=cache)
 

@@ -25,7 +25,7 @@ from . import checkpoint as ckpt
 from .attention import apply_attention
 from .augment import finish_batch
 from .config import ConfigError, RunConfig, TrainConfig, flatten
-from .data import collate, export_data_config, load_splits, train_transform, wants_cache
+from .data import collate, export_data_config, load_splits, train_transform
 from .eval.monitor import build_monitor
 from .jsonl import read_jsonl
 from .model import MIMModel, build_model
@@ -281,9 +281,8 @@ class Trainer:
         log.info("attention: %s (train.attention=%s)", self.attention, tr.attention)
         if tr.compile != "none":
             log.info("train.compile=%s: %d compiled units", tr.compile, model.compile_step(tr.compile))
-        cache = wants_cache(cfg.data, splits.data[splits.train], splits.image_column)
         self.train_set = splits.dataset(
-            splits.train, train_transform(model.input_size, cfg.data), seed=tr.seed, on_error="substitute", cache=cache
+            splits.train, train_transform(model.input_size, cfg.data), seed=tr.seed, on_error="substitute", cache=cfg.data.cache
         )
         self.plan = make_plan(cfg, accelerator.num_processes, len(self.train_set))
         eval_images = len(splits.data[splits.eval]) if splits.eval is not None else 0

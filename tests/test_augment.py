@@ -176,8 +176,12 @@ def test_cache_auto_decides_by_the_estimated_decoded_size(monkeypatch):
 
     hf, _ = _png_table(8)  # 8 x 3 x 20 x 24 = 11,520 bytes decoded
     assert data.decoded_bytes(hf.cast_column("image", datasets.Image(decode=False)), "image") == 11520
+
+    def cached(setting) -> bool:
+        return data.ImageDataset(hf, "image", "label", lambda x: x, cache=DataConfig(cache=setting).cache).decoded is not None
+
     monkeypatch.setattr(data, "CACHE_BYTES", 11520)
-    assert data.wants_cache(DataConfig(cache="auto"), hf, "image")
+    assert cached("auto")
     monkeypatch.setattr(data, "CACHE_BYTES", 11519)
-    assert not data.wants_cache(DataConfig(cache="auto"), hf, "image")
-    assert data.wants_cache(DataConfig(cache=True), hf, "image") and not data.wants_cache(DataConfig(cache=False), hf, "image")
+    assert not cached("auto")
+    assert cached(True) and not cached(False)

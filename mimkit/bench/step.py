@@ -116,11 +116,11 @@ def loader_images(cfg: RunConfig, batch: int, size: int, device: torch.device) -
     from torch.utils.data import DataLoader
 
     from ..augment import finish_batch
-    from ..data import collate, load_splits, train_transform, wants_cache
+    from ..data import collate, load_splits, train_transform
 
     splits = load_splits(cfg.data)
-    cache = wants_cache(cfg.data, splits.data[splits.train], splits.image_column)  # as the trainer decides
-    dataset = splits.dataset(splits.train, train_transform(size, cfg.data), seed=cfg.train.seed, on_error="substitute", cache=cache)
+    dataset = splits.dataset(splits.train, train_transform(size, cfg.data), seed=cfg.train.seed, on_error="substitute",
+                             cache=cfg.data.cache)
     if len(dataset) < batch:
         raise ConfigError(f"--batch: {batch} is larger than the training split of {cfg.data.source!r} ({len(dataset)} images)")
     workers = cfg.data.num_workers

@@ -14,7 +14,7 @@ from accelerate import Accelerator
 from timm.models.vision_transformer import VisionTransformer
 
 from ..config import DataConfig
-from ..data import ImageDataset, Splits, eval_transform, wants_cache
+from ..data import ImageDataset, Splits, eval_transform
 from .features import NN_POOLING, extract_features
 from .knn import knn_accuracy, nn_loo_accuracy
 from .runs import subset
@@ -56,7 +56,7 @@ def build_monitor(splits: Splits, cfg: DataConfig, image_size: int, knn_train: i
     tf = eval_transform(image_size, cfg)
 
     def dataset(hf: datasets.Dataset) -> ImageDataset:  # scored again and again: decoded once when data.cache allows
-        return ImageDataset(hf, splits.image_column, splits.label_column, tf, cache=wants_cache(cfg, hf, splits.image_column))
+        return ImageDataset(hf, splits.image_column, splits.label_column, tf, cache=cfg.cache)
 
     eval_hf = splits.data[splits.eval]
     bank = dataset(subset(splits.data[splits.train], knn_train, seed=0)) if knn_train > 0 else None
