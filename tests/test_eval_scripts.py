@@ -154,3 +154,31 @@ def test_evaluate_baseline_needs_a_run_config(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert cli_module("evaluate").main(["--checkpoint", str(tmp_path / "empty"), "--baseline", "init"]) == 2
     assert "holds no run config.yaml" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("which", ["context", "target"])
+def test_a_training_checkpoint_file_is_built_from_its_run_config(tmp_path, which):
+    # checkpoints/step_N/model.safetensors has no config.json beside it: the architecture (a
+    # 4-px patch on a 32-px image here, not the timm name's 16 px on 224) comes from RUN/config.yaml
+    import safetensors.torch
+
+    from mimkit.eval.runs import load_run
+    from mimkit.model import build_model
+
+    cfg = load_config("latent_mim+tiny", ["model.patch_size=4", "model.img_size=32"])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    with torch.no_grad():  # make the two encoders differ, as training does
+        for p in model.target.own.vit.parameters():
+            p.add_(0.5)
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step_00000003").mkdir(parents=True)
+    (run / "config.yaml").write_text(cfg.to_yaml())
+    ckpt = run / "checkpoints" / "step_00000003" / "model.safetensors"
+    safetensors.torch.save_model(model, str(ckpt))
+    loaded = load_run(f"{ckpt}#{which}")
+    expected = (model.encoder if which == "context" else model.target.own).vit.state_dict()
+    got = loaded.vit.state_dict()
+    assert loaded.vit.patch_embed.patch_size == (4, 4) and set(got) == set(expected)
+    for k, v in expected.items():
+        assert torch.equal(got[k], v), k

@@ -30,7 +30,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--checkpoint",
         help="a training output dir (encoder/ + config.yaml), an exported encoder dir (model.safetensors + config.json), "
-        "a checkpoint file, or a timm Hub id 'hf-hub:timm/NAME' (add '#target' for a target encoder)",
+        "a checkpoint file (one in a run's checkpoints/ is built from the run's config.yaml), or a timm Hub id "
+        "'hf-hub:timm/NAME'; add '#target' for the target encoder of a two-encoder checkpoint",
     )
     g.add_argument(
         "--model",

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 
 from ..config import ConfigError, DataConfig, RunConfig, config_from_yaml
 from ..data import ImageDataset, Splits, eval_transform, load_splits
+from ..encoder import resolve_geometry
 from .features import native_size
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,12 @@ def load_run(checkpoint: str | None, model: str | None = None) -> Run:
             config_path = None
     if not checkpoint.startswith(HUB_PREFIXES) and local_path(checkpoint) is None:
         raise FileNotFoundError(f"--checkpoint: {checkpoint} does not exist (a Hub id needs the 'hf-hub:' prefix)")
-    vit = load_encoder(checkpoint, name=model)
+    name, kwargs = model, {}
+    if model is None and config is not None and not _has_config_json(checkpoint):
+        # a checkpoint file of a training run (checkpoints/step_N/model.safetensors): no config.json
+        # beside it, so the run's config.yaml says how its encoder is built
+        name, kwargs = config.model.name, resolve_geometry(config)[1]
+    vit = load_encoder(checkpoint, name=name, **kwargs)
     return Run(vit, checkpoint, config, str(config_path) if config_path else None, _run_name(checkpoint, config_path))
 
 
